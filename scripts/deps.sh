@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install what crux needs to build and test, from Debian's archive (Debian 12).
+# Idempotent; run as root (or through sudo).
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config libcriterion-dev libhwloc-dev libisal-dev
+      libibverbs-dev librdmacm-dev iproute2 procps)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+fi

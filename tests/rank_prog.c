@@ -1,0 +1,379 @@
+/* rank_prog.c - the per-rank program of the multi-process tests, started by
+ * crux-run. Every check is exact: values are small integers whose sums, products,
+ * maxima and minima every datatype represents exactly.
+ *
+ *   crux_test_rank coll [--quick]        every collective, dtype, op, count, in place or not
+ *   crux_test_rank kill VICTIM ITER      allreduce stream; VICTIM SIGKILLs itself at ITER
+ *   crux_test_rank mismatch count|dtype|op
+ *
+ * Exit: 0 all good; 1 a check failed; 3 the expected error was returned; 4 another
+ * error; 5 no error where one was expected.
+ */
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "crux.h"
+#include "lib/reduce.h"
+
+static int rank, nranks, failures;
+
+#define CHECK_RC(call)                                                                            \
+    do {                                                                                          \
+        int rc_ = (call);                                                                         \
+        if (rc_ != CRUX_SUCCESS) {                                                                \
+            printf("rank %d: FAIL %s -> %s\n", rank, #call, crux_error_string(rc_));              \
+            exit(1);                                                                              \
+        }                                                                                         \
+    } while (0)
+
+static const char *dtype_names[] = { "float", "double", "int32", "int64", "uint8", "float16",
+                                     "bfloat16" };
+static const char *op_names[] = { "sum", "prod", "max", "min" };
+
+/* Contribution of rank r to element i. */
+static int64_t val(crux_op_t op, size_t i, int r)
+{
+    if (op == CRUX_PROD)
+        return (i + (size_t)r) % 3 == 0 ? 2 : 1;
+    return (int64_t)((i * 3 + (size_t)r * 5) % 16);
+}
+
+static int64_t expect(crux_op_t op, size_t i, int nr)
+{
+    int64_t acc = val(op, i, 0);
+    for (int r = 1; r < nr; r++) {
+        int64_t v = val(op, i, r);
+        acc = op == CRUX_SUM ? acc + v : op == CRUX_PROD ? acc * v : op == CRUX_MAX ? (v > acc ? v : acc)
+                                                                               : (v < acc ? v : acc);
+    }
+    return acc;
+}
+
+static void store(crux_datatype_t dt, void *buf, size_t i, int64_t v)
+{
+    switch (dt) {
+    case CRUX_FLOAT: ((float *)buf)[i] = (float)v; break;
+    case CRUX_DOUBLE: ((double *)buf)[i] = (double)v; break;
+    case CRUX_INT32: ((int32_t *)buf)[i] = (int32_t)v; break;
+    case CRUX_INT64: ((int64_t *)buf)[i] = v; break;
+    case CRUX_UINT8: ((uint8_t *)buf)[i] = (uint8_t)v; break;
+    case CRUX_FLOAT16: ((uint16_t *)buf)[i] = crux_float_to_half((float)v); break;
+    case CRUX_BFLOAT16: ((uint16_t *)buf)[i] = crux_float_to_bf16((float)v); break;
+    }
+}
+
+static uint64_t fnv(const void *p, size_t n)
+{
+    const unsigned char *c = p;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ c[i]) * 1099511628211ull;
+    return h;
+}
+
+/* Every rank must hold the same bits: compare hashes. */
+static void check_identical(const void *buf, size_t bytes, const char *what)
+{
+    uint64_t mine = fnv(buf, bytes);
+    uint64_t *all = malloc(sizeof(uint64_t) * (size_t)nranks);
+    CHECK_RC(crux_allgather(&mine, 1, all, CRUX_INT64, CRUX_COMM_WORLD));
+    for (int r = 0; r < nranks; r++)
+        if (all[r] != mine) {
+            printf("rank %d: FAIL %s: result bits differ from rank %d\n", rank, what, r);
+            failures++;
+            break;
+        }
+    free(all);
+}
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        printf("rank %d: out of memory (%zu bytes)\n", rank, n);
+        exit(1);
+    }
+    return p;
+}
+
+static void fail_at(const char *what, const void *got, const void *want, size_t esize, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        if (memcmp((const char *)got + i * esize, (const char *)want + i * esize, esize)) {
+            printf("rank %d: FAIL %s: first difference at element %zu of %zu\n", rank, what, i, count);
+            failures++;
+            return;
+        }
+}
+
+static void test_allreduce(crux_datatype_t dt, crux_op_t op, size_t count, int in_place)
+{
+    size_t es = crux_datatype_size(dt), bytes = count * es;
+    char what[160];
+    snprintf(what, sizeof(what), "allreduce %s %s count=%zu%s", dtype_names[dt], op_names[op], count,
+             in_place ? " in-place" : "");
+    void *send = xmalloc(bytes), *recv = xmalloc(bytes), *want = xmalloc(bytes), *orig = xmalloc(bytes);
+    for (size_t i = 0; i < count; i++) {
+        store(dt, send, i, val(op, i, rank));
+        store(dt, want, i, expect(op, i, nranks));
+    }
+    memcpy(orig, send, bytes);
+    memset(recv, 0xa5, bytes);
+    if (in_place) {
+        memcpy(recv, send, bytes);
+        CHECK_RC(crux_allreduce(CRUX_IN_PLACE, recv, count, dt, op, CRUX_COMM_WORLD));
+    } else {
+        CHECK_RC(crux_allreduce(send, recv, count, dt, op, CRUX_COMM_WORLD));
+        if (memcmp(send, orig, bytes))
+            fail_at("allreduce modified sendbuf", send, orig, es, count);
+    }
+    if (memcmp(recv, want, bytes))
+        fail_at(what, recv, want, es, count);
+    check_identical(recv, bytes, what);
+    free(send), free(recv), free(want), free(orig);
+}
+
+static void test_reduce_scatter(crux_datatype_t dt, crux_op_t op, size_t rc_count, int in_place)
+{
+    size_t es = crux_datatype_size(dt), total = rc_count * (size_t)nranks;
+    char what[160];
+    snprintf(what, sizeof(what), "reduce_scatter_block %s %s recvcount=%zu%s", dtype_names[dt],
+             op_names[op], rc_count, in_place ? " in-place" : "");
+    char *send = xmalloc(total * es), *recv = xmalloc(total * es), *want = xmalloc(rc_count * es);
+    for (size_t i = 0; i < total; i++)
+        store(dt, send, i, val(op, i, rank));
+    for (size_t i = 0; i < rc_count; i++)
+        store(dt, want, i, expect(op, (size_t)rank * rc_count + i, nranks));
+    if (in_place) {
+        memcpy(recv, send, total * es);
+        CHECK_RC(crux_reduce_scatter_block(CRUX_IN_PLACE, recv, rc_count, dt, op, CRUX_COMM_WORLD));
+    } else {
+        CHECK_RC(crux_reduce_scatter_block(send, recv, rc_count, dt, op, CRUX_COMM_WORLD));
+    }
+    if (memcmp(recv, want, rc_count * es))
+        fail_at(what, recv, want, es, rc_count);
+    free(send), free(recv), free(want);
+}
+
+static void test_allgather(crux_datatype_t dt, size_t count, int in_place)
+{
+    size_t es = crux_datatype_size(dt), total = count * (size_t)nranks;
+    char what[160];
+    snprintf(what, sizeof(what), "allgather %s count=%zu%s", dtype_names[dt], count,
+             in_place ? " in-place" : "");
+    char *send = xmalloc(count * es), *recv = xmalloc(total * es), *want = xmalloc(total * es);
+    for (int r = 0; r < nranks; r++)
+        for (size_t i = 0; i < count; i++)
+            store(dt, want, (size_t)r * count + i, val(CRUX_SUM, i, r));
+    for (size_t i = 0; i < count; i++)
+        store(dt, send, i, val(CRUX_SUM, i, rank));
+    memset(recv, 0x5a, total * es);
+    if (in_place) {
+        memcpy(recv + (size_t)rank * count * es, send, count * es);
+        CHECK_RC(crux_allgather(CRUX_IN_PLACE, count, recv, dt, CRUX_COMM_WORLD));
+    } else {
+        CHECK_RC(crux_allgather(send, count, recv, dt, CRUX_COMM_WORLD));
+    }
+    if (memcmp(recv, want, total * es))
+        fail_at(what, recv, want, es, total);
+    free(send), free(recv), free(want);
+}
+
+static void test_bcast(size_t count, int root)
+{
+    char what[96];
+    snprintf(what, sizeof(what), "bcast double count=%zu root=%d", count, root);
+    double *buf = xmalloc(count * sizeof(double)), *want = xmalloc(count * sizeof(double));
+    for (size_t i = 0; i < count; i++) {
+        want[i] = (double)(i * 7 + (size_t)root);
+        buf[i] = rank == root ? want[i] : -1.0;
+    }
+    CHECK_RC(crux_bcast(buf, count, CRUX_DOUBLE, root, CRUX_COMM_WORLD));
+    if (memcmp(buf, want, count * sizeof(double)))
+        fail_at(what, buf, want, sizeof(double), count);
+    free(buf), free(want);
+}
+
+static void test_iallreduce(void)
+{
+    enum { N = 3, C = 4099 };
+    static int32_t in[N][C], out[N][C];
+    crux_request_t req[N];
+    for (int k = 0; k < N; k++) {
+        for (int i = 0; i < C; i++)
+            in[k][i] = (int32_t)(val(CRUX_SUM, (size_t)i, rank) + k);
+        CHECK_RC(crux_iallreduce(in[k], out[k], C, CRUX_INT32, CRUX_SUM, CRUX_COMM_WORLD, &req[k]));
+    }
+    int done = 0;
+    for (int spins = 0; !done && spins < 1000; spins++)
+        CHECK_RC(crux_test(&req[0], &done));
+    for (int k = 0; k < N; k++)
+        CHECK_RC(crux_wait(&req[k]));
+    for (int k = 0; k < N; k++)
+        for (int i = 0; i < C; i++)
+            if (out[k][i] != (int32_t)(expect(CRUX_SUM, (size_t)i, nranks) + (int64_t)k * nranks)) {
+                printf("rank %d: FAIL iallreduce %d element %d: %d\n", rank, k, i, out[k][i]);
+                failures++;
+                break;
+            }
+    if (req[0] != CRUX_REQUEST_NULL) {
+        printf("rank %d: FAIL crux_wait did not reset the request\n", rank);
+        failures++;
+    }
+}
+
+static void test_split(void)
+{
+    crux_comm_t sub, node, none;
+    /* Two colors, reversed key order: new rank = position among same color by -rank. */
+    CHECK_RC(crux_comm_split(CRUX_COMM_WORLD, rank % 2, nranks - rank, &sub));
+    int srank, ssize, want_size = (nranks + 1 - rank % 2) / 2, want_rank = 0;
+    for (int r = rank + 2; r < nranks; r += 2)
+        want_rank++;
+    CHECK_RC(crux_comm_rank(sub, &srank));
+    CHECK_RC(crux_comm_size(sub, &ssize));
+    if (srank != want_rank || ssize != want_size) {
+        printf("rank %d: FAIL split: rank %d size %d, want %d %d\n", rank, srank, ssize, want_rank, want_size);
+        failures++;
+    }
+    int64_t sum = rank, want = 0;
+    for (int r = rank % 2; r < nranks; r += 2)
+        want += r;
+    CHECK_RC(crux_allreduce(CRUX_IN_PLACE, &sum, 1, CRUX_INT64, CRUX_SUM, sub));
+    if (sum != want) {
+        printf("rank %d: FAIL allreduce on split comm: %lld want %lld\n", rank, (long long)sum, (long long)want);
+        failures++;
+    }
+    CHECK_RC(crux_comm_free(&sub));
+    CHECK_RC(crux_comm_split_type_node(CRUX_COMM_WORLD, &node));
+    CHECK_RC(crux_comm_size(node, &ssize));
+    if (ssize != nranks) { /* crux-run starts every rank on this host */
+        printf("rank %d: FAIL split_type_node size %d, want %d\n", rank, ssize, nranks);
+        failures++;
+    }
+    CHECK_RC(crux_comm_free(&node));
+    CHECK_RC(crux_comm_split(CRUX_COMM_WORLD, rank == 0 ? CRUX_UNDEFINED : 1, 0, &none));
+    if ((rank == 0) != (none == NULL)) {
+        printf("rank %d: FAIL split with CRUX_UNDEFINED\n", rank);
+        failures++;
+    }
+    if (none)
+        CHECK_RC(crux_comm_free(&none));
+}
+
+static int mode_coll(int quick)
+{
+    static const size_t counts[] = { 0, 1, 7, 1023, (1u << 20) + 3 };
+    size_t ncounts = sizeof(counts) / sizeof(counts[0]);
+    for (size_t c = 0; c < ncounts; c++)
+        for (int dt = CRUX_FLOAT; dt <= CRUX_BFLOAT16; dt++)
+            for (int op = CRUX_SUM; op <= CRUX_MIN; op++)
+                for (int ip = 0; ip < 2; ip++) {
+                    if (quick && c == ncounts - 1 && (op != CRUX_SUM || ip))
+                        continue;
+                    test_allreduce(dt, op, counts[c], ip);
+                }
+    if (!quick) { /* 64 MiB */
+        test_allreduce(CRUX_FLOAT, CRUX_SUM, (64u << 20) / 4, 0);
+        test_allreduce(CRUX_UINT8, CRUX_MAX, 64u << 20, 1);
+    }
+    static const size_t small[] = { 0, 1, 7, 1023, 65537 };
+    for (size_t c = 0; c < 5; c++)
+        for (int ip = 0; ip < 2; ip++) {
+            test_reduce_scatter(CRUX_INT32, CRUX_SUM, small[c], ip);
+            test_reduce_scatter(CRUX_FLOAT16, CRUX_MAX, small[c], ip);
+            test_allgather(CRUX_INT64, small[c], ip);
+            test_allgather(CRUX_UINT8, small[c], ip);
+        }
+    for (int root = 0; root < nranks; root++) {
+        test_bcast(0, root);
+        test_bcast(1, root);
+        test_bcast(1023, root);
+    }
+    test_bcast((1u << 20) + 3, nranks - 1);
+    for (int i = 0; i < 5; i++)
+        CHECK_RC(crux_barrier(CRUX_COMM_WORLD));
+    test_iallreduce();
+    test_split();
+    return failures ? 1 : 0;
+}
+
+static int expected_error(int rc, int want1, int want2, const char *what)
+{
+    printf("rank %d: %s returned %s\n", rank, what, crux_error_string(rc));
+    fflush(stdout);
+    if (rc == CRUX_SUCCESS)
+        return 5;
+    return rc == want1 || rc == want2 ? 3 : 4;
+}
+
+static int mode_kill(int victim, long at)
+{
+    size_t count = 1 << 16;
+    float *a = xmalloc(count * 4), *b = xmalloc(count * 4);
+    for (size_t i = 0; i < count; i++)
+        a[i] = (float)(i % 16);
+    for (long it = 0; it < 10000000; it++) {
+        if (rank == victim && it == at) {
+            fflush(stdout);
+            raise(SIGKILL);
+        }
+        size_t n = it % 2 ? count : 16; /* small and large messages */
+        int rc = crux_allreduce(a, b, n, CRUX_FLOAT, CRUX_SUM, CRUX_COMM_WORLD);
+        if (rc != CRUX_SUCCESS) {
+            int e = expected_error(rc, CRUX_ERR_PEER, CRUX_ERR_TIMEOUT, "allreduce after a peer died");
+            crux_finalize();
+            return e;
+        }
+    }
+    return 5;
+}
+
+static int mode_mismatch(const char *what)
+{
+    int32_t buf[16] = { 0 };
+    size_t count = 12;
+    crux_datatype_t dt = CRUX_INT32;
+    crux_op_t op = CRUX_SUM;
+    if (rank == 0) {
+        if (!strcmp(what, "count"))
+            count = 10;
+        else if (!strcmp(what, "dtype"))
+            dt = CRUX_FLOAT;
+        else
+            op = CRUX_MAX;
+    }
+    int rc = crux_allreduce(CRUX_IN_PLACE, buf, count, dt, op, CRUX_COMM_WORLD);
+    int e = expected_error(rc, CRUX_ERR_MISMATCH, CRUX_ERR_MISMATCH, "mismatched allreduce");
+    crux_finalize();
+    return e;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s coll [--quick] | kill VICTIM ITER | mismatch count|dtype|op\n", argv[0]);
+        return 2;
+    }
+    CHECK_RC(crux_init(&argc, &argv));
+    CHECK_RC(crux_comm_rank(CRUX_COMM_WORLD, &rank));
+    CHECK_RC(crux_comm_size(CRUX_COMM_WORLD, &nranks));
+    int rc;
+    if (!strcmp(argv[1], "coll"))
+        rc = mode_coll(argc > 2 && !strcmp(argv[2], "--quick"));
+    else if (!strcmp(argv[1], "kill") && argc == 4)
+        return mode_kill(atoi(argv[2]), atol(argv[3]));
+    else if (!strcmp(argv[1], "mismatch") && argc == 3)
+        return mode_mismatch(argv[2]);
+    else {
+        fprintf(stderr, "unknown mode %s\n", argv[1]);
+        return 2;
+    }
+    CHECK_RC(crux_finalize());
+    if (rc == 0)
+        printf("rank %d: OK\n", rank);
+    return rc;
+}

@@ -100,7 +100,7 @@ int crux_reduce_scatter_ring(struct crux_coll *op)
     int in_place = src == op->recvbuf;
     CRUX_TRY(crux_comm_reserve(op->comm, 0, bytes * (size_t)P * (in_place ? 2 : 1)));
     char *acc = op->comm->scratch;
-    if (in_place) {
+    if (in_place && bytes) {
         char *copy = acc + bytes * (size_t)P;
         memcpy(copy, src, bytes * (size_t)P);
         src = copy;

@@ -67,7 +67,7 @@ int crux_comm_reserve(struct crux_comm *comm, int nxfers, size_t scratch_bytes)
         comm->xfers = x;
         comm->nxfers_cap = nxfers;
     }
-    if (scratch_bytes > comm->scratch_cap) {
+    if (scratch_bytes > comm->scratch_cap || (scratch_bytes && !comm->scratch)) {
         /* Grow geometrically and touch once, so steady state never faults. */
         size_t cap = comm->scratch_cap ? comm->scratch_cap : 4096;
         while (cap < scratch_bytes)

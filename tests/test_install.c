@@ -53,9 +53,9 @@ Test(install, pkg_config, .timeout = 300)
     snprintf(exe, sizeof(exe), "%s/hello-pc", prefix);
     snprintf(cmd, sizeof(cmd),
              "PKG_CONFIG_PATH='%s/lib/pkgconfig' && export PKG_CONFIG_PATH && "
-             "cc -std=c11 -Wall -Werror '%s/examples/hello_allreduce.c' $(pkg-config --cflags --libs crux) "
+             "cc -std=c11 -Wall -Werror %s '%s/examples/hello_allreduce.c' $(pkg-config --cflags --libs crux) "
              "-Wl,-rpath,'%s/lib' -o '%s'",
-             prefix, CRUX_SOURCE_DIR, prefix, exe);
+             prefix, CRUX_TEST_USER_CFLAGS, CRUX_SOURCE_DIR, prefix, exe);
     sh(cmd, 120);
     run_hello(exe);
 }
@@ -66,8 +66,8 @@ Test(install, find_package, .timeout = 300)
     char cmd[2048], exe[512];
     snprintf(cmd, sizeof(cmd),
              "rm -rf '%s/ex-build' && cmake -S '%s/examples' -B '%s/ex-build' -DCMAKE_PREFIX_PATH='%s' "
-             "-DCMAKE_BUILD_RPATH='%s/lib' >/dev/null && cmake --build '%s/ex-build' >/dev/null",
-             prefix, CRUX_SOURCE_DIR, prefix, prefix, prefix, prefix);
+             "-DCMAKE_BUILD_RPATH='%s/lib' -DCMAKE_C_FLAGS='%s' >/dev/null && cmake --build '%s/ex-build' >/dev/null",
+             prefix, CRUX_SOURCE_DIR, prefix, prefix, prefix, CRUX_TEST_USER_CFLAGS, prefix);
     sh(cmd, 240);
     snprintf(exe, sizeof(exe), "%s/ex-build/hello_allreduce", prefix);
     run_hello(exe);

@@ -159,7 +159,7 @@ static int send_eager(struct shm_tp *tp, struct shm_peer *p, struct crux_xfer *x
     if (rest) {
         ring_write(&p->tx, p->tx_data, x->buf, len);
         p->tx_data += rest;
-    } else {
+    } else if (len) {
         memcpy(s->data, x->buf, len);
     }
     slot_fill_hdr(s, &x->hdr);

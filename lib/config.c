@@ -63,9 +63,9 @@ const struct crux_param crux_params[] = {
      "comma list of name prefixes (eth,ib); a leading ^ excludes the listed prefixes "
      "(^docker,veth); a leading = takes exact names (=eth0). Empty: any interface but lo and "
      "docker*, which are used only when nothing else is up."},
-    {"CHUNK_BYTES", CRUX_PARAM_SIZE, "128K", OFF(chunk_bytes), "4K..64M, multiple of 64",
+    {"CHUNK_BYTES", CRUX_PARAM_SIZE, "256K", OFF(chunk_bytes), "4K..64M, multiple of 64",
      "Pipeline fragment size in bytes: large messages are sent and reduced in pieces of this "
-     "size. Suffixes K, M, G are binary (128K = 131072 bytes)."},
+     "size. Suffixes K, M, G are binary (256K = 262144 bytes)."},
     {"SHM_EAGER_BYTES", CRUX_PARAM_SIZE, "16K", OFF(shm_eager_bytes), "0..1M",
      "Shared-memory messages up to this many bytes go through a per-peer mailbox in one copy; "
      "larger ones through the chunked staging pipeline. 0 disables the mailbox."},

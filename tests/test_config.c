@@ -65,7 +65,7 @@ Test(config, defaults_are_the_documented_ones)
     cr_assert_eq(c.bootstrap_timeout_s, 60.0);
     cr_assert_eq(c.transport, CRUX_TP_AUTO);
     cr_assert_str_eq(c.socket_ifname, "");
-    cr_assert_eq(c.chunk_bytes, 131072);
+    cr_assert_eq(c.chunk_bytes, 262144);
     cr_assert_eq(c.shm_eager_bytes, 16384);
     cr_assert_eq(c.spin_us, -1);
     cr_assert_eq(c.algo, CRUX_ALGO_AUTO);
@@ -121,7 +121,7 @@ Test(config, size_ranges_and_granule)
     cr_assert_eq(rc, CRUX_SUCCESS);
     static const char *const bad[] = {"4032", "67108928", "4100", "0", "1G"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        cr_assert_eq(size_of("CHUNK_BYTES", bad[i], &rc), 131072, "%s", bad[i]);
+        cr_assert_eq(size_of("CHUNK_BYTES", bad[i], &rc), 262144, "%s", bad[i]);
         cr_assert_eq(rc, CRUX_ERR_ARG, "%s accepted", bad[i]);
     }
     cr_assert_eq(size_of("SHM_EAGER_BYTES", "0", &rc), 0);
@@ -410,7 +410,7 @@ Test(config, print_lists_every_parameter_with_value)
     cr_assert_not_null(strstr(out, "\nCRUX_RANK=\n"));
     cr_assert_not_null(strstr(out, "\nCRUX_LOG_SUBSYS=^SHM\n"));
     cr_assert_not_null(strstr(out, "\nCRUX_SPIN_US=-1\n"));
-    cr_assert_not_null(strstr(out, "default: 128K"));
+    cr_assert_not_null(strstr(out, "default: 256K"));
     free(out);
 }
 

@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -40,6 +41,7 @@ struct opts {
     int n;
     double timeout_s; /* 0 = none */
     double grace_s;
+    int bind;         /* 1: pin rank r to the r-th allowed CPU (mod count) */
     char **argv;      /* the program and its arguments */
 };
 
@@ -61,12 +63,15 @@ static void usage(FILE *f)
             "usage: crux-run [-n N] [--timeout S] [--grace S] [--] prog [args...]\n"
             "Start N ranks (default 1) of a crux program on this host.\n"
             "  -n, --np N      number of ranks, 1..%d\n"
+            "  --bind-to core|none  pin rank r to the r-th CPU this launcher may use,\n"
+            "                  round-robin when ranks outnumber CPUs (default core)\n"
             "  --timeout S     kill every rank after S seconds and exit %d (default: none)\n"
             "  --grace S       after a rank fails, seconds the others get to finish on\n"
             "                  their own before SIGTERM (default 10; SIGKILL 2 s later)\n"
             "  -h, --help      show this help\n"
             "Each rank sees CRUX_RANK, CRUX_SIZE, CRUX_LOCAL_RANK, CRUX_LOCAL_SIZE,\n"
-            "CRUX_ROOT and CRUX_JOB_KEY. Exit status: 0 if all ranks exit 0, else the\n"
+            "CRUX_ROOT and CRUX_JOB_KEY, and CRUX_SOCKET_IFNAME==lo unless it is set.\n"
+            "Exit status: 0 if all ranks exit 0, else the\n"
             "first failing rank's status (128+signal if killed).\n",
             MAX_RANKS, EXIT_TIMEOUT);
 }
@@ -125,6 +130,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
     o->n = 1;
     o->timeout_s = 0;
     o->grace_s = 10;
+    o->bind = 1;
     int i = 1;
     for (; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -153,6 +159,12 @@ static int parse_args(int argc, char **argv, struct opts *o)
                 return usage_error("%s needs seconds", a);
             if (!parse_seconds(v, true, &o->grace_s))
                 return usage_error("invalid --grace '%s' (expected seconds >= 0)", v);
+        } else if (is_opt(a, "--bind-to")) {
+            if (!(v = opt_value(argc, argv, &i, "--bind-to")))
+                return usage_error("%s needs core or none", a);
+            if (strcmp(v, "core") && strcmp(v, "none"))
+                return usage_error("invalid --bind-to '%s' (expected core or none)", v);
+            o->bind = strcmp(v, "core") == 0;
         } else {
             return usage_error("unknown option '%s'", a);
         }
@@ -203,6 +215,24 @@ static void set_env_int(const char *name, int v)
     setenv(name, b, 1);
 }
 
+/* Pin to one CPU, like mpirun --bind-to core: a rank that migrates loses its
+ * cache and can land on its peer's core, which a spinning peer then starves. */
+static void bind_rank(int rank)
+{
+    cpu_set_t allowed, one;
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
+        return;
+    int n = CPU_COUNT(&allowed), want = rank % (n > 0 ? n : 1);
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (!CPU_ISSET(cpu, &allowed) || want-- > 0)
+            continue;
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        sched_setaffinity(0, sizeof(one), &one); /* best effort, like mpirun's */
+        return;
+    }
+}
+
 /* In the child: join the group, set the env, exec; report errno on the pipe. */
 static void child_exec(const struct opts *o, int rank, pid_t pgid, const char *root, const char *key,
                        const sigset_t *orig_mask, pid_t parent, int errfd)
@@ -211,12 +241,16 @@ static void child_exec(const struct opts *o, int rank, pid_t pgid, const char *r
     prctl(PR_SET_PDEATHSIG, SIGTERM); /* crux-run killed by SIGKILL: do not orphan ranks */
     if (getppid() != parent)
         _exit(EXIT_NOEXEC);
+    if (o->bind)
+        bind_rank(rank);
     set_env_int("CRUX_RANK", rank);
     set_env_int("CRUX_SIZE", o->n);
     set_env_int("CRUX_LOCAL_RANK", rank);
     set_env_int("CRUX_LOCAL_SIZE", o->n);
     setenv("CRUX_ROOT", root, 1);
     setenv("CRUX_JOB_KEY", key, 1);
+    /* Every rank is on this host: TCP (when forced) stays on loopback unless told. */
+    setenv("CRUX_SOCKET_IFNAME", "=lo", 0);
     sigprocmask(SIG_SETMASK, orig_mask, NULL);
     execvp(o->argv[0], o->argv);
     int e = errno;

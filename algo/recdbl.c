@@ -19,13 +19,7 @@
 
 enum { PH_START = 0, PH_STEP, PH_FINISH, PH_DONE };
 
-static int pof2_floor(int p)
-{
-    int v = 1;
-    while (v * 2 <= p)
-        v *= 2;
-    return v;
-}
+static int pof2_floor(int p) { return 1 << (31 - __builtin_clz((unsigned)p)); } /* p >= 1 */
 
 /* Rank in the power-of-two group, or -1 for ranks that sat out the fold. */
 static int recdbl_newrank(int r, int rem)

@@ -90,12 +90,16 @@ static struct crux_xfer *coll_next_xfer(struct crux_coll *op, int peer, uint32_t
 {
     struct crux_comm *comm = op->comm;
     struct crux_xfer *x = &op->xfers[op->nxfers++];
-    memset(x, 0, sizeof(*x));
+    /* Only the caller's half of the descriptor: isend/irecv initialise their own
+     * fields (done, rc, bytes_done, next, tp_priv), and the descriptor is rewritten
+     * on every call, so a memset of all of it is pure overhead. */
     x->peer = comm->world_ranks[peer];
     x->buf = buf;
     x->len = len;
+    x->reduce_src = NULL;
     x->dtype = op->dtype;
     x->op = op->op;
+    x->dep = NULL;
     x->hdr.ctx_id = comm->ctx_id;
     x->hdr.tag = tag;
     x->hdr.seq = op->seq;
@@ -147,16 +151,15 @@ int crux_coll_recv_reduce(struct crux_coll *op, int peer, uint32_t tag, void *ds
 
 int crux_coll_phase_done(struct crux_coll *op)
 {
+    /* One pass (this runs on every poll). Among failures report the root cause: a
+     * mismatch makes the peer give up and hang up, so our other transfers to it
+     * fail with CRUX_ERR_PEER as a consequence. */
+    int rc = CRUX_SUCCESS;
     for (int i = 0; i < op->nxfers; i++) {
         const struct crux_xfer *x = &op->xfers[i];
         if (!x->done)
             return CRUX_INPROGRESS;
-    }
-    /* Report the root cause: a mismatch makes the peer give up and hang up, so
-     * our other transfers to it fail with CRUX_ERR_PEER as a consequence. */
-    int rc = CRUX_SUCCESS;
-    for (int i = 0; i < op->nxfers; i++) {
-        int r = op->xfers[i].rc;
+        int r = x->rc;
         if (r != CRUX_SUCCESS && (rc == CRUX_SUCCESS || r == CRUX_ERR_MISMATCH))
             rc = r;
     }
@@ -192,10 +195,10 @@ static int coll_wait_phase(struct crux_coll *op)
 {
     struct crux_ctx *ctx = op->comm->ctx;
     double spin_end = 0;
+    int rc = crux_coll_phase_done(op);
+    if (rc != CRUX_INPROGRESS)
+        return rc;
     for (unsigned iter = 0;; iter++) {
-        int rc = crux_coll_phase_done(op);
-        if (rc != CRUX_INPROGRESS)
-            return rc;
         rc = crux_progress(ctx);
         /* In finalize's barrier a peer that already passed it may exit: only a
          * failure of our own transfers counts then. */
@@ -205,6 +208,11 @@ static int coll_wait_phase(struct crux_coll *op)
             rc = crux_coll_phase_done(op);
             return rc == CRUX_INPROGRESS || rc == CRUX_SUCCESS ? CRUX_ERR_PEER : rc;
         }
+        /* Look right after progress, before pausing: the pause would otherwise sit
+         * between an arrival and its use on every small call. */
+        rc = crux_coll_phase_done(op);
+        if (rc != CRUX_INPROGRESS)
+            return rc;
         if ((iter & 63) != 63) {
             cpu_relax();
             continue;
@@ -212,16 +220,16 @@ static int coll_wait_phase(struct crux_coll *op)
         double now = crux_now();
         if (spin_end == 0)
             spin_end = now + ctx->spin_us * 1e-6;
+        if (op->deadline == 0) /* blocking calls start the clock here (api.c) */
+            op->deadline = now + ctx->cfg.timeout_s;
         if (now > op->deadline) {
             coll_log_stuck(op);
             return CRUX_ERR_TIMEOUT;
         }
         if (now < spin_end)
             continue;
-        /* The progress call above may have finished the phase: sleeping now would
-         * wait for a wake-up nobody sends. */
-        if (crux_coll_phase_done(op) != CRUX_INPROGRESS)
-            continue;
+        /* The phase was checked after the last progress call, so nothing that
+         * call finished is slept on. */
         int ms = (int)((op->deadline - now) * 1e3) + 1;
         rc = crux_progress_block(ctx, ms < 100 ? ms : 100);
         if (rc != CRUX_SUCCESS && !ctx->finalizing)
@@ -231,8 +239,10 @@ static int coll_wait_phase(struct crux_coll *op)
 
 int crux_coll_run(struct crux_coll *op)
 {
+    /* A fresh call has no transfers and coll_wait_phase returns only once the phase
+     * is done (nxfers reset), so the schedule runs without crux_coll_step's check. */
     for (;;) {
-        int rc = crux_coll_step(op);
+        int rc = op->fn(op);
         if (rc != CRUX_INPROGRESS)
             return rc;
         rc = coll_wait_phase(op);

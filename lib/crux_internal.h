@@ -98,7 +98,7 @@ struct crux_coll {
     int step;
     int nxfers;                      /* xfers posted in the current phase */
     struct crux_xfer *xfers;         /* comm->xfers */
-    double deadline;                 /* crux_wtime() past which the call times out */
+    double deadline;                 /* crux_now() past which the call times out; 0 = not started (the wait loop sets it on first use) */
 };
 
 /* Nonblocking request. */

@@ -159,7 +159,7 @@ static int shm_irecv(struct crux_tp *base, struct crux_xfer *x)
     x->rc = CRUX_SUCCESS;
     x->next = NULL;
     x->tp_priv[0] = 0;
-    x->tp_priv[1] = 1;
+    x->tp_priv[1] = 0; /* log2 of the element size, for reduce */
     int rc = CRUX_SUCCESS;
     if (__builtin_expect(!p || x->len != x->hdr.len, 0)) {
         crux_error(CRUX_SUBSYS_SHM, "shm irecv from rank %d: not a peer or len %zu != hdr.len %llu",
@@ -167,8 +167,10 @@ static int shm_irecv(struct crux_tp *base, struct crux_xfer *x)
         rc = CRUX_ERR_ARG;
     } else if (x->reduce_src) {
         size_t esize = crux_datatype_size(x->dtype);
-        x->tp_priv[1] = esize;
-        if (esize == 0 || x->len % esize != 0) {
+        /* Element sizes are powers of two: keep the shift, so delivering a
+         * fragment divides by nothing on the receive path. */
+        x->tp_priv[1] = esize ? (uint64_t)__builtin_ctzl(esize) : 0;
+        if (esize == 0 || (esize & (esize - 1)) || (x->len & (esize - 1)) != 0) {
             crux_error(CRUX_SUBSYS_SHM, "shm irecv-reduce from rank %d: %zu bytes of dtype %d",
                        x->peer, x->len, (int)x->dtype);
             rc = CRUX_ERR_ARG;

@@ -276,9 +276,8 @@ static void deliver(struct shm_tp *tp, struct crux_xfer *x, size_t off, const vo
         copy_nt((unsigned char *)x->buf + off, src, n);
         tp->st.copies++;
     } else if (x->reduce_src) {
-        size_t esize = (size_t)x->tp_priv[1];
         crux_reduce((unsigned char *)x->buf + off, (const unsigned char *)x->reduce_src + off, src,
-                    n / esize, x->dtype, x->op);
+                    n >> x->tp_priv[1], x->dtype, x->op);
         tp->st.reduces++;
     } else {
         memcpy((unsigned char *)x->buf + off, src, n);

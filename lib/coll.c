@@ -195,6 +195,8 @@ static int coll_wait_phase(struct crux_coll *op)
 {
     struct crux_ctx *ctx = op->comm->ctx;
     double spin_end = 0;
+    /* No spin budget (oversubscribed): start yielding at once. */
+    int yielding = ctx->spin_us == 0 && ctx->yield_us > 0;
     int rc = crux_coll_phase_done(op);
     if (rc != CRUX_INPROGRESS)
         return rc;
@@ -214,7 +216,10 @@ static int coll_wait_phase(struct crux_coll *op)
         if (rc != CRUX_INPROGRESS)
             return rc;
         if ((iter & 63) != 63) {
-            cpu_relax();
+            if (yielding)
+                sched_yield();
+            else
+                cpu_relax();
             continue;
         }
         double now = crux_now();
@@ -227,6 +232,11 @@ static int coll_wait_phase(struct crux_coll *op)
             return CRUX_ERR_TIMEOUT;
         }
         if (now < spin_end)
+            continue;
+        /* Oversubscribed: hand the core to a co-located peer (it is likely the one
+         * we wait for) before paying a futex sleep and wake-up per message. */
+        yielding = now < spin_end + ctx->yield_us * 1e-6;
+        if (yielding)
             continue;
         /* The phase was checked after the last progress call, so nothing that
          * call finished is slept on. */

@@ -71,8 +71,9 @@ const struct crux_param crux_params[] = {
      "larger ones through the chunked staging pipeline. 0 disables the mailbox."},
     {"SPIN_US", CRUX_PARAM_INT, "-1", OFF(spin_us), "-1..1000000",
      "Microseconds a waiting rank busy-polls before sleeping in the kernel. -1 = auto: 50 when "
-     "every rank on the host has a core of its own, 2 when the host is oversubscribed; 0 = "
-     "sleep at once."},
+     "every rank on the host has a core of its own, 0 when the host is oversubscribed (there a "
+     "waiting rank yields its core to co-located ranks for up to 1 ms, then sleeps); 0 = no "
+     "busy-polling."},
     {"ALGO", CRUX_PARAM_ENUM, "auto", OFF(algo), "auto|ring|recdbl",
      "Allreduce algorithm. auto: recursive doubling below CRUX_RING_MIN_BYTES, pipelined ring "
      "from there on. ring or recdbl force that algorithm for every size."},

@@ -41,6 +41,7 @@ struct crux_ctx {
     struct crux_comm *world;
     uint32_t next_ctx_id;           /* allocator for communicator context ids */
     int spin_us;                    /* resolved busy-poll budget */
+    int yield_us;                   /* then sched_yield for this long (oversubscribed) */
     int broken;                     /* first fatal collective error: every later call fails */
     int finalizing;                 /* in crux_finalize: peers may legitimately exit */
     struct crux_request *req_head;  /* nonblocking requests in issue order; only the head runs */

@@ -143,10 +143,13 @@ static void init_topology(struct crux_ctx *ctx)
         if (ctx->peers[r].node_id + 1 > ctx->nnodes)
             ctx->nnodes = ctx->peers[r].node_id + 1;
     }
-    /* Spin long when every rank has a core; barely when they share (LIMITS.md: a
-     * long spin burns the slice the co-located peer needs). */
+    /* Spin long when every rank has a core. When they share, spinning burns the
+     * slice the co-located peer needs (LIMITS.md): yield to it for up to 1 ms, then
+     * sleep in the transport. */
     int cpus = online_cpus();
-    ctx->spin_us = ctx->cfg.spin_us >= 0 ? ctx->cfg.spin_us : ctx->local_size > cpus ? 2 : 50;
+    int oversubscribed = ctx->local_size > cpus;
+    ctx->spin_us = ctx->cfg.spin_us >= 0 ? ctx->cfg.spin_us : oversubscribed ? 0 : 50;
+    ctx->yield_us = oversubscribed ? 1000 : 0;
     crux_info(CRUX_SUBSYS_INIT, "rank %d of %d on %s: %d local rank(s), %d node(s), %d cpus, spin %d us",
               ctx->rank, ctx->size, me->host, ctx->local_size, ctx->nnodes, cpus, ctx->spin_us);
 }

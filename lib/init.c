@@ -122,16 +122,30 @@ static int init_transports(struct crux_ctx *ctx)
     return rc;
 }
 
-static int online_cpus(void)
+/* CPUs the ranks of this host may run on together: the union of their affinity
+ * masks. A launcher that pins each rank to one core (crux-run, srun --cpu-bind)
+ * leaves every rank seeing a single CPU, so a rank's own mask says nothing about
+ * whether its peers share that core. */
+static int host_cpus(struct crux_ctx *ctx, int *ncpus)
 {
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof(set), &set) == 0)
-        return CPU_COUNT(&set);
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
+    cpu_set_t *all = calloc((size_t)ctx->size, sizeof(cpu_set_t)), host;
+    if (!all) {
+        crux_error(CRUX_SUBSYS_INIT, "out of memory gathering CPU masks");
+        return CRUX_ERR_NOMEM;
+    }
+    if (sched_getaffinity(0, sizeof(cpu_set_t), &all[ctx->rank]) != 0)
+        CPU_ZERO(&all[ctx->rank]);
+    int rc = ctx->size > 1 ? crux_bootstrap_allgather(ctx->bs, all, sizeof(cpu_set_t)) : CRUX_SUCCESS;
+    CPU_ZERO(&host);
+    for (int r = 0; rc == CRUX_SUCCESS && r < ctx->size; r++)
+        if (ctx->peers[r].host_hash == ctx->peers[ctx->rank].host_hash)
+            CPU_OR(&host, &host, &all[r]);
+    *ncpus = CPU_COUNT(&host) > 0 ? CPU_COUNT(&host) : 1;
+    free(all);
+    return rc;
 }
 
-static void init_topology(struct crux_ctx *ctx)
+static int init_topology(struct crux_ctx *ctx)
 {
     const struct crux_peer_info *me = &ctx->peers[ctx->rank];
     ctx->local_rank = me->local_rank;
@@ -146,12 +160,14 @@ static void init_topology(struct crux_ctx *ctx)
     /* Spin long when every rank has a core. When they share, spinning burns the
      * slice the co-located peer needs (LIMITS.md): yield to it for up to 1 ms, then
      * sleep in the transport. */
-    int cpus = online_cpus();
+    int cpus;
+    CRUX_TRY(host_cpus(ctx, &cpus));
     int oversubscribed = ctx->local_size > cpus;
     ctx->spin_us = ctx->cfg.spin_us >= 0 ? ctx->cfg.spin_us : oversubscribed ? 0 : 50;
     ctx->yield_us = oversubscribed ? 1000 : 0;
     crux_info(CRUX_SUBSYS_INIT, "rank %d of %d on %s: %d local rank(s), %d node(s), %d cpus, spin %d us",
               ctx->rank, ctx->size, me->host, ctx->local_size, ctx->nnodes, cpus, ctx->spin_us);
+    return CRUX_SUCCESS;
 }
 
 static void ctx_close(struct crux_ctx *ctx)
@@ -212,7 +228,9 @@ int crux_init(int *argc, char ***argv)
     rc = crux_bootstrap_init(&ctx->cfg, &ctx->id, ctx->peers, &ctx->bs);
     if (rc != CRUX_SUCCESS)
         goto fail;
-    init_topology(ctx);
+    rc = init_topology(ctx);
+    if (rc != CRUX_SUCCESS)
+        goto fail;
     if (ctx->size > 1) {
         rc = init_check_agreement(ctx);
         if (rc == CRUX_SUCCESS)

@@ -1,6 +1,6 @@
 /* crux-run - start N local ranks of a crux program.
  *
- *   crux-run [-n N] [--timeout S] [--grace S] [--] prog args...
+ *   crux-run [-n N] [--bind-to core|none] [--timeout S] [--grace S] [--] prog args...
  *
  * Every rank gets CRUX_RANK, CRUX_SIZE, CRUX_LOCAL_RANK, CRUX_LOCAL_SIZE,
  * CRUX_ROOT=127.0.0.1:<free port> and a random CRUX_JOB_KEY on top of the inherited
@@ -60,7 +60,7 @@ struct job {
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: crux-run [-n N] [--timeout S] [--grace S] [--] prog [args...]\n"
+            "usage: crux-run [-n N] [--bind-to core|none] [--timeout S] [--grace S] [--] prog [args...]\n"
             "Start N ranks (default 1) of a crux program on this host.\n"
             "  -n, --np N      number of ranks, 1..%d\n"
             "  --bind-to core|none  pin rank r to the r-th CPU this launcher may use,\n"
@@ -70,7 +70,7 @@ static void usage(FILE *f)
             "                  their own before SIGTERM (default 10; SIGKILL 2 s later)\n"
             "  -h, --help      show this help\n"
             "Each rank sees CRUX_RANK, CRUX_SIZE, CRUX_LOCAL_RANK, CRUX_LOCAL_SIZE,\n"
-            "CRUX_ROOT and CRUX_JOB_KEY, and CRUX_SOCKET_IFNAME==lo unless it is set.\n"
+            "CRUX_ROOT and CRUX_JOB_KEY; CRUX_SOCKET_IFNAME defaults to =lo (loopback).\n"
             "Exit status: 0 if all ranks exit 0, else the\n"
             "first failing rank's status (128+signal if killed).\n",
             MAX_RANKS, EXIT_TIMEOUT);

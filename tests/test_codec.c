@@ -67,6 +67,8 @@ static size_t ref_topk(const float *x, size_t n, size_t k, uint32_t *idx)
     return k;
 }
 
+static int paths_seen[4]; /* enum codec_topk_path -> calls */
+
 static void check_topk(const float *x, size_t n, size_t k, struct crux_topk_ws *ws, uint64_t seed)
 {
     size_t kk = k < n ? k : n;
@@ -75,6 +77,8 @@ static void check_topk(const float *x, size_t n, size_t k, struct crux_topk_ws *
     cr_assert(idx && ref && val);
     size_t got = crux_topk(x, n, k, seed, ws, idx, val);
     size_t want = ref_topk(x, n, k, ref);
+    if (ws && k > 0 && k < n)
+        paths_seen[codec_topk_last_path(ws)]++;
     cr_assert_eq(got, want, "n=%zu k=%zu: %zu entries, expected %zu", n, k, got, want);
     for (size_t j = 0; j < got; j++) {
         cr_assert_eq(idx[j], ref[j], "n=%zu k=%zu: idx[%zu]=%u, expected %u", n, k, j, idx[j], ref[j]);
@@ -181,8 +185,15 @@ static void topk_vs_reference_on(const char *isa)
                 check_topk(x, n, ks[ki], ws, 42 + ki);
         }
     }
+    /* a negative margin makes the first pass come up short: the retry path */
+    fill(x, 300000, D_GAUSSIANISH, 77);
+    codec_topk_set_margin(ws, -4.0);
+    for (uint64_t seed = 0; seed < 8; seed++)
+        check_topk(x, 300000, 3000, ws, seed);
     free(x);
     crux_topk_ws_free(ws);
+    for (int p = 0; p < 4; p++) /* every way through crux_topk was checked */
+        cr_assert_gt(paths_seen[p], 0, "path %d never taken", p);
 }
 
 Test(topk, reference_scalar, .timeout = 120) { topk_vs_reference_on("scalar"); }

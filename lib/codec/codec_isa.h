@@ -34,6 +34,17 @@ size_t codec_compact_avx2(const float *x, size_t n, uint32_t thr, uint32_t *idx,
 size_t codec_compact_avx512(const float *x, size_t n, uint32_t thr, uint32_t *idx, float *val,
                             size_t cap);
 
+/* Which way the last crux_topk on ws went (tests check every way gives the same result). */
+enum codec_topk_path {
+    CODEC_TOPK_EXACT = 0,  /* small n, k > kmax or n > ws->n: radix select on all of x */
+    CODEC_TOPK_SAMPLED,    /* sampled threshold, one compaction pass, fix-up */
+    CODEC_TOPK_RETRIED,    /* first pass kept fewer than k: lower threshold, another pass */
+    CODEC_TOPK_FALLBACK    /* the estimate failed (too many or too few): exact on all of x */
+};
+int codec_topk_last_path(const struct crux_topk_ws *ws);
+/* Safety margin of the sampled threshold in binomial standard deviations (default 3). */
+void codec_topk_set_margin(struct crux_topk_ws *ws, double z);
+
 /* Sketch hashing of row `row` for global indices base .. base+cnt-1:
  * col[t] = column, sgn[t] = 0x80000000 if the sign is negative else 0. */
 void codec_hash_scalar(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,

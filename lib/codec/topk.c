@@ -200,7 +200,13 @@ struct crux_topk_ws {
     float *cval;
     float *sample;
     size_t sample_cap;
+    int last_path;     /* enum codec_topk_path of the last call (tests, bench) */
+    double margin_z;   /* MARGIN_Z; tests lower it to force the retry path */
 };
+
+void codec_topk_set_margin(struct crux_topk_ws *ws, double z) { ws->margin_z = z; }
+
+int codec_topk_last_path(const struct crux_topk_ws *ws) { return ws->last_path; }
 
 static size_t sample_size(size_t n)
 {
@@ -225,6 +231,7 @@ int crux_topk_ws_create(size_t n, size_t kmax, struct crux_topk_ws **out)
     if (ws->cap > n)
         ws->cap = n;
     ws->sample_cap = sample_size(n);
+    ws->margin_z = MARGIN_Z;
     ws->cidx = malloc((ws->cap + 1) * sizeof *ws->cidx);
     ws->cval = malloc((ws->cap + 1) * sizeof *ws->cval);
     ws->sample = malloc(ws->sample_cap * sizeof *ws->sample);
@@ -279,7 +286,7 @@ static size_t sample_rank(size_t k, size_t n, size_t s, double z)
 {
     double mean = (double)k * (double)s / (double)n;
     double r = mean + z * __builtin_sqrt(mean) + 1.0;
-    return r >= (double)s ? s : (size_t)r;
+    return r >= (double)s ? s : r < 1.0 ? 1 : (size_t)r;
 }
 
 size_t crux_topk(const float *x, size_t n, size_t k, uint64_t seed, struct crux_topk_ws *ws,
@@ -291,22 +298,28 @@ size_t crux_topk(const float *x, size_t n, size_t k, uint64_t seed, struct crux_
         return 0;
     if (k == n)
         return sweep_keep(NULL, x, n, 0, n, idx, val);
-    if (!ws || n > ws->n || k > ws->kmax || n < EXACT_BELOW)
+    if (!ws || n > ws->n || k > ws->kmax || n < EXACT_BELOW) {
+        if (ws)
+            ws->last_path = CODEC_TOPK_EXACT;
         return select_exact(NULL, x, n, k, idx, val);
+    }
 
     size_t s = take_sample(x, n, seed, ws->sample, sample_size(n));
-    double z = MARGIN_Z;
-    for (int attempt = 0; attempt < 3; attempt++, z = 3.0 * z + 8.0) {
+    double z = ws->margin_z;
+    for (int attempt = 0; attempt < 3; attempt++, z += 6.0) {
         size_t rank = sample_rank(k, n, s, z), greater;
         uint32_t thr = kth_largest_key(ws->sample, s, rank, &greater);
         size_t m = compact(x, n, thr, ws->cidx, ws->cval, ws->cap);
         if (m > ws->cap)
             break;
-        if (m >= k)
+        if (m >= k) {
+            ws->last_path = attempt == 0 ? CODEC_TOPK_SAMPLED : CODEC_TOPK_RETRIED;
             return select_exact(ws->cidx, ws->cval, m, k, idx, val);
+        }
         if (rank == s) /* already kept everything the sample allows */
             break;
     }
+    ws->last_path = CODEC_TOPK_FALLBACK;
     return select_exact(NULL, x, n, k, idx, val);
 }
 

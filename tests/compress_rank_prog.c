@@ -307,7 +307,10 @@ static int mode_check(int codec, size_t n, int steps, float beta, double density
     crux_compress_config_init(&cfg, codec);
     cfg.density = density;
     cfg.beta = beta;
-    cfg.memory = beta == 1.0f ? CRUX_MEMORY_RESIDUAL : CRUX_MEMORY_LOWPASS;
+    /* CLT-k keeps its default low-pass memory even at beta = 1, where it must equal
+     * the residual the simulation applies, bit for bit. */
+    if (codec != CRUX_CODEC_CLTK)
+        cfg.memory = beta == 1.0f ? CRUX_MEMORY_RESIDUAL : CRUX_MEMORY_LOWPASS;
     crux_compressor_t c;
     CHECK_RC(crux_compressor_create(CRUX_COMM_WORLD, n, &cfg, &c));
     g_n = n, g_chunk_len = c->chunk_len, g_density = density;
@@ -319,6 +322,10 @@ static int mode_check(int codec, size_t n, int steps, float beta, double density
     s.out = xcalloc(n, 4);
     float (*grad)(int, int, size_t) = codec == CRUX_CODEC_SKETCH ? grad_planted : grad_general;
     float *g = xcalloc(n, 4), *out = xcalloc(n, 4);
+    /* Conservation (beta = 1, CLT-k and sketch): sum of outputs + sum of the
+     * ranks' memories == sum of all inputs, exactly. gTop-k drops, by design, the
+     * values of indices that lost a merge but reached the global set elsewhere. */
+    float *in_total = xcalloc(n, 4), *out_total = xcalloc(n, 4);
     size_t want_nnz = 0;
     for (size_t ch = 0; ch < c->nchunks; ch++)
         want_nnz += chunk_k(n - ch * c->chunk_len < c->chunk_len ? n - ch * c->chunk_len : c->chunk_len);
@@ -335,6 +342,11 @@ static int mode_check(int codec, size_t n, int steps, float beta, double density
         else
             CHECK_RC(crux_compressed_allreduce(c, g, out));
         float *res = in_place ? g : out;
+        for (size_t i = 0; i < n; i++) {
+            for (int r = 0; r < P; r++)
+                in_total[i] += grad(r, t, i);
+            out_total[i] += res[i];
+        }
         sim_step(&s, t, grad);
         compare(res, s.out, n, what);
         compare(c->mem, s.mem[rank], n, "memory");
@@ -364,6 +376,18 @@ static int mode_check(int codec, size_t n, int steps, float beta, double density
         if (!(st.total_s > 0) || st.encode_s < 0 || st.comm_s < 0 || st.decode_s < 0)
             FAIL("%s: stats times %g %g %g %g", what, st.encode_s, st.comm_s, st.decode_s, st.total_s);
     }
+    if (beta == 1.0f && codec != CRUX_CODEC_GTOPK) {
+        float *memsum = xcalloc(n, 4);
+        CHECK_RC(crux_allreduce(c->mem, memsum, n, CRUX_FLOAT, CRUX_SUM, CRUX_COMM_WORLD));
+        for (size_t i = 0; i < n; i++)
+            if (out_total[i] + memsum[i] != in_total[i]) {
+                FAIL("conservation at %zu: sent %g + memories %g != inputs %g", i,
+                     (double)out_total[i], (double)memsum[i], (double)in_total[i]);
+                break;
+            }
+        free(memsum);
+    }
+    free(in_total), free(out_total);
     if (codec == CRUX_CODEC_CLTK && P > 1 && rotated != steps)
         FAIL("cltk: the output followed the leader's class in %d of %d steps", rotated, steps);
     CHECK_RC(crux_compressor_free(&c));

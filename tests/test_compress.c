@@ -39,7 +39,7 @@ static void run_ranks(int n, const char *transport, const char *chunk_bytes, cha
 #define CODEC_TESTS(CODEC, N)                                                                     \
     Test(compress_##CODEC, ranks##N##_residual)                                                   \
     {                                                                                             \
-        char *args[] = { "check", #CODEC, "5000", "3", "1", "0.01", NULL };                       \
+        char *args[] = { "check", #CODEC, "5000", "6", "1", "0.01", NULL };                       \
         run_ranks(N, "shm", "4M", args);                                                          \
     }                                                                                             \
     Test(compress_##CODEC, ranks##N##_lowpass_chunked)                                            \
@@ -64,7 +64,7 @@ CODEC_TESTS(sketch, 4)
 #define TCP_TEST(CODEC)                                                                           \
     Test(compress_tcp, CODEC##_ranks3)                                                            \
     {                                                                                             \
-        char *args[] = { "check", #CODEC, "5000", "3", "1", "0.01", NULL };                       \
+        char *args[] = { "check", #CODEC, "5000", "6", "1", "0.01", NULL };                       \
         run_ranks(3, "tcp", "4096", args);                                                        \
     }
 TCP_TEST(cltk)

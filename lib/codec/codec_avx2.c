@@ -38,15 +38,13 @@ T256 size_t codec_compact_avx2(const float *x, size_t n, uint32_t thr, uint32_t 
             continue;
         }
         const __m256i g[4] = {g0, g1, g2, g3};
-        for (int q = 0; q < 4; q++) {
+        for (int q = 0; q < 4; q++) { /* branch-free, as in codec_avx512.c */
             unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g[q]));
-            if (m) {
-                __m256i perm = compress_perm(m);
-                __m256 v = _mm256_loadu_ps(x + i + 8 * (size_t)q);
-                _mm256_storeu_ps(val + cnt, _mm256_permutevar8x32_ps(v, perm));
-                _mm256_storeu_si256((__m256i *)(idx + cnt), _mm256_permutevar8x32_epi32(iv, perm));
-                cnt += (size_t)__builtin_popcount(m);
-            }
+            __m256i perm = compress_perm(m);
+            __m256 v = _mm256_loadu_ps(x + i + 8 * (size_t)q);
+            _mm256_storeu_ps(val + cnt, _mm256_permutevar8x32_ps(v, perm));
+            _mm256_storeu_si256((__m256i *)(idx + cnt), _mm256_permutevar8x32_epi32(iv, perm));
+            cnt += (size_t)__builtin_popcount(m);
             iv = _mm256_add_epi32(iv, step);
         }
     }

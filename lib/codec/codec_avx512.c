@@ -29,12 +29,12 @@ T512 size_t codec_compact_avx512(const float *x, size_t n, uint32_t thr, uint32_
         const __m512 v[4] = {v0, v1, v2, v3};
         const __mmask16 m[4] = {m0, m1, m2, m3};
         for (int q = 0; q < 4; q++) {
-            if (m[q]) {
-                /* compress into a register, then a plain store: faster than compressstoreu */
-                _mm512_storeu_ps(val + cnt, _mm512_maskz_compress_ps(m[q], v[q]));
-                _mm512_storeu_si512(idx + cnt, _mm512_maskz_compress_epi32(m[q], iv));
-                cnt += (size_t)__builtin_popcount(m[q]);
-            }
+            /* no branch per vector (it mispredicts at ~1% density): an empty mask stores
+             * lanes the next store overwrites. Compress into a register, then a plain
+             * store: faster than compressstoreu. */
+            _mm512_storeu_ps(val + cnt, _mm512_maskz_compress_ps(m[q], v[q]));
+            _mm512_storeu_si512(idx + cnt, _mm512_maskz_compress_epi32(m[q], iv));
+            cnt += (size_t)__builtin_popcount(m[q]);
             iv = _mm512_add_epi32(iv, step);
         }
     }

@@ -162,6 +162,16 @@ static int parse_args(int argc, char **argv, struct opts *o)
         fprintf(stderr, "crux-train: unexpected argument %s\n", argv[optind]);
         return -1;
     }
+    if (!exchange_codec_built(o->ex.codec)) {
+        fprintf(stderr,
+                "crux-train: --codec %s: %s\n", o->ex.codec,
+                strcmp(o->ex.codec, "cltk") && strcmp(o->ex.codec, "gtopk") && strcmp(o->ex.codec, "topk") &&
+                        strcmp(o->ex.codec, "sketch") && strcmp(o->ex.codec, "qsgd")
+                    ? "unknown codec, want none|cltk|gtopk|topk|sketch|qsgd"
+                    : "codec not built: this crux-train was built without the compression API "
+                      "(CRUX_HAVE_COMPRESS), only --codec none is available");
+        return -1;
+    }
     o->ex.seed = o->seed;
     return 0;
 }

@@ -67,9 +67,12 @@ static int parse_memory(const char *name, crux_memory_t *m)
 /* The codec's defaults from the library, overridden by the flags that were given. */
 static int compressor_open(struct exchange *x, const struct exchange_opts *o, char *err, size_t errlen)
 {
-    crux_codec_t codec;
+    crux_codec_t codec = CRUX_CODEC_NONE;
     crux_compress_config_t cfg;
-    parse_codec(o->codec, &codec);
+    if (parse_codec(o->codec, &codec) != 0) {
+        snprintf(err, errlen, "--codec %s: unknown", o->codec);
+        return CRUX_ERR_ARG;
+    }
     crux_compress_config_init(&cfg, codec);
     if (o->memory && parse_memory(o->memory, &cfg.memory) != 0) {
         snprintf(err, errlen, "--memory %s: want none|residual|lowpass|momentum", o->memory);

@@ -56,58 +56,70 @@ void conv_shape_init(struct conv_shape *s, size_t h, size_t w, size_t c, size_t 
     s->wo = w + 2 * pad - k + 1;
 }
 
-/* One row per output pixel: the k x k x c patch under it, zeros outside the image. */
-static void im2col(const float *x, size_t batch, const struct conv_shape *s, float *cols)
+/* Kernel columns kx in [*lo, *hi) that land inside the image for output column ox. */
+static void valid_kx(const struct conv_shape *s, size_t ox, size_t *lo, size_t *hi)
 {
-    size_t kc = s->k * s->c;
+    *lo = ox < s->pad ? s->pad - ox : 0;
+    *hi = s->w + s->pad - ox < s->k ? s->w + s->pad - ox : s->k;
+}
+
+/* One row per output pixel: the k x k x c patch under it, zeros outside the
+ * image. In NHWC the in-image part of each kernel row is one contiguous run.
+ * The shape is copied to locals: with -fno-strict-aliasing the compiler would
+ * otherwise reload it after every store. */
+static void im2col(const float *x, size_t batch, const struct conv_shape *sp, float *cols)
+{
+    const struct conv_shape s = *sp;
+    const size_t kc = s.k * s.c, patch = s.k * kc;
     for (size_t n = 0; n < batch; n++) {
-        const float *img = x + n * s->h * s->w * s->c;
-        for (size_t oy = 0; oy < s->ho; oy++)
-            for (size_t ox = 0; ox < s->wo; ox++) {
-                float *row = cols + ((n * s->ho + oy) * s->wo + ox) * s->k * kc;
-                for (size_t ky = 0; ky < s->k; ky++) {
+        const float *img = x + n * s.h * s.w * s.c;
+        for (size_t oy = 0; oy < s.ho; oy++)
+            for (size_t ox = 0; ox < s.wo; ox++) {
+                float *row = cols + ((n * s.ho + oy) * s.wo + ox) * patch;
+                size_t lo, hi;
+                valid_kx(&s, ox, &lo, &hi);
+                const size_t zlo = lo * s.c, run = (hi - lo) * s.c, zhi = hi * s.c;
+                for (size_t ky = 0; ky < s.k; ky++) {
                     size_t iy = oy + ky; /* in padded coordinates */
                     float *dst = row + ky * kc;
-                    if (iy < s->pad || iy >= s->h + s->pad) {
+                    if (iy < s.pad || iy >= s.h + s.pad) {
                         memset(dst, 0, kc * sizeof(float));
                         continue;
                     }
-                    for (size_t kx = 0; kx < s->k; kx++) {
-                        size_t ix = ox + kx;
-                        if (ix < s->pad || ix >= s->w + s->pad)
-                            memset(dst + kx * s->c, 0, s->c * sizeof(float));
-                        else
-                            memcpy(dst + kx * s->c, img + ((iy - s->pad) * s->w + ix - s->pad) * s->c,
-                                   s->c * sizeof(float));
-                    }
+                    const float *src = img + ((iy - s.pad) * s.w + ox + lo - s.pad) * s.c;
+                    for (size_t i = 0; i < zlo; i++)
+                        dst[i] = 0.0f;
+                    for (size_t i = 0; i < run; i++)
+                        dst[zlo + i] = src[i];
+                    for (size_t i = zhi; i < kc; i++)
+                        dst[i] = 0.0f;
                 }
             }
     }
 }
 
 /* Adjoint of im2col: every patch entry adds back into the pixel it came from. */
-static void col2im(const float *dcols, size_t batch, const struct conv_shape *s, float *dx)
+static void col2im(const float *dcols, size_t batch, const struct conv_shape *sp, float *dx)
 {
-    size_t kc = s->k * s->c;
-    memset(dx, 0, batch * s->h * s->w * s->c * sizeof(float));
+    const struct conv_shape s = *sp;
+    const size_t kc = s.k * s.c, patch = s.k * kc;
+    memset(dx, 0, batch * s.h * s.w * s.c * sizeof(float));
     for (size_t n = 0; n < batch; n++) {
-        float *img = dx + n * s->h * s->w * s->c;
-        for (size_t oy = 0; oy < s->ho; oy++)
-            for (size_t ox = 0; ox < s->wo; ox++) {
-                const float *row = dcols + ((n * s->ho + oy) * s->wo + ox) * s->k * kc;
-                for (size_t ky = 0; ky < s->k; ky++) {
+        float *img = dx + n * s.h * s.w * s.c;
+        for (size_t oy = 0; oy < s.ho; oy++)
+            for (size_t ox = 0; ox < s.wo; ox++) {
+                const float *row = dcols + ((n * s.ho + oy) * s.wo + ox) * patch;
+                size_t lo, hi;
+                valid_kx(&s, ox, &lo, &hi);
+                const size_t run = (hi - lo) * s.c;
+                for (size_t ky = 0; ky < s.k; ky++) {
                     size_t iy = oy + ky;
-                    if (iy < s->pad || iy >= s->h + s->pad)
+                    if (iy < s.pad || iy >= s.h + s.pad)
                         continue;
-                    for (size_t kx = 0; kx < s->k; kx++) {
-                        size_t ix = ox + kx;
-                        if (ix < s->pad || ix >= s->w + s->pad)
-                            continue;
-                        float *dst = img + ((iy - s->pad) * s->w + ix - s->pad) * s->c;
-                        const float *src = row + ky * kc + kx * s->c;
-                        for (size_t ch = 0; ch < s->c; ch++)
-                            dst[ch] += src[ch];
-                    }
+                    float *dst = img + ((iy - s.pad) * s.w + ox + lo - s.pad) * s.c;
+                    const float *src = row + ky * kc + lo * s.c;
+                    for (size_t i = 0; i < run; i++)
+                        dst[i] += src[i];
                 }
             }
     }

@@ -18,18 +18,20 @@
 #define MC 96  /* multiple of MR: A block stays in L2 */
 #define NC 2048
 
-typedef void (*kernel_fn)(size_t kc, const float *ap, const float *bp, float *c, size_t ldc,
-                          size_t mr, size_t nr, float alpha);
+/* A's element (i, p) of the tile is ap[i * rs + p * cs]: (1, MR) when packed,
+ * (lda, 1) or (1, lda) when read in place. */
+typedef void (*kernel_fn)(size_t kc, const float *ap, size_t rs, size_t cs, const float *bp, float *c,
+                          size_t ldc, size_t mr, size_t nr, float alpha);
 
 /* Portable kernel: plain loops over the packed panels, left to -O3 to vectorise. */
-static void kernel_generic(size_t kc, const float *ap, const float *bp, float *c, size_t ldc,
-                           size_t mr, size_t nr, float alpha)
+static void kernel_generic(size_t kc, const float *ap, size_t rs, size_t cs, const float *bp, float *c,
+                           size_t ldc, size_t mr, size_t nr, float alpha)
 {
     float acc[MR][NR];
     memset(acc, 0, sizeof(acc));
     for (size_t p = 0; p < kc; p++)
         for (int i = 0; i < MR; i++) {
-            float a = ap[p * MR + i];
+            float a = ap[i * rs + p * cs];
             for (int j = 0; j < NR; j++)
                 acc[i][j] += a * bp[p * NR + j];
         }
@@ -39,9 +41,9 @@ static void kernel_generic(size_t kc, const float *ap, const float *bp, float *c
 }
 
 #ifdef SGEMM_X86
-__attribute__((target("avx2,fma"))) static void kernel_avx2(size_t kc, const float *ap, const float *bp,
-                                                            float *c, size_t ldc, size_t mr, size_t nr,
-                                                            float alpha)
+__attribute__((target("avx2,fma"))) static void kernel_avx2(size_t kc, const float *ap, size_t rs,
+                                                            size_t cs, const float *bp, float *c, size_t ldc,
+                                                            size_t mr, size_t nr, float alpha)
 {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
     __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
@@ -51,14 +53,14 @@ __attribute__((target("avx2,fma"))) static void kernel_avx2(size_t kc, const flo
     __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
     for (size_t p = 0; p < kc; p++) {
         __m256 b0 = _mm256_loadu_ps(bp + p * NR), b1 = _mm256_loadu_ps(bp + p * NR + 8);
-        const float *a = ap + p * MR;
+        const float *a = ap + p * cs;
         __m256 x;
-        x = _mm256_broadcast_ss(a + 0); c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);
-        x = _mm256_broadcast_ss(a + 1); c10 = _mm256_fmadd_ps(x, b0, c10); c11 = _mm256_fmadd_ps(x, b1, c11);
-        x = _mm256_broadcast_ss(a + 2); c20 = _mm256_fmadd_ps(x, b0, c20); c21 = _mm256_fmadd_ps(x, b1, c21);
-        x = _mm256_broadcast_ss(a + 3); c30 = _mm256_fmadd_ps(x, b0, c30); c31 = _mm256_fmadd_ps(x, b1, c31);
-        x = _mm256_broadcast_ss(a + 4); c40 = _mm256_fmadd_ps(x, b0, c40); c41 = _mm256_fmadd_ps(x, b1, c41);
-        x = _mm256_broadcast_ss(a + 5); c50 = _mm256_fmadd_ps(x, b0, c50); c51 = _mm256_fmadd_ps(x, b1, c51);
+        x = _mm256_broadcast_ss(a + 0 * rs); c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);
+        x = _mm256_broadcast_ss(a + 1 * rs); c10 = _mm256_fmadd_ps(x, b0, c10); c11 = _mm256_fmadd_ps(x, b1, c11);
+        x = _mm256_broadcast_ss(a + 2 * rs); c20 = _mm256_fmadd_ps(x, b0, c20); c21 = _mm256_fmadd_ps(x, b1, c21);
+        x = _mm256_broadcast_ss(a + 3 * rs); c30 = _mm256_fmadd_ps(x, b0, c30); c31 = _mm256_fmadd_ps(x, b1, c31);
+        x = _mm256_broadcast_ss(a + 4 * rs); c40 = _mm256_fmadd_ps(x, b0, c40); c41 = _mm256_fmadd_ps(x, b1, c41);
+        x = _mm256_broadcast_ss(a + 5 * rs); c50 = _mm256_fmadd_ps(x, b0, c50); c51 = _mm256_fmadd_ps(x, b1, c51);
     }
     float acc[MR][NR];
     _mm256_storeu_ps(acc[0], c00); _mm256_storeu_ps(acc[0] + 8, c01);
@@ -109,18 +111,23 @@ const char *sgemm_kernel_name(void)
     return "generic";
 }
 
-/* A(i, p) of op(A), zero-padded to whole MR panels. */
+/* A(i, p) of op(A), zero-padded to whole MR panels; the transpose test is
+ * hoisted out of the copy loops. */
 static void pack_a(int trans, const float *a, size_t lda, size_t mc, size_t kc, float *dst)
 {
     for (size_t i0 = 0; i0 < mc; i0 += MR) {
         size_t mr = mc - i0 < MR ? mc - i0 : MR;
-        for (size_t p = 0; p < kc; p++) {
+        if (mr < MR)
+            memset(dst, 0, kc * MR * sizeof(float));
+        if (trans)
+            for (size_t p = 0; p < kc; p++)
+                for (size_t i = 0; i < mr; i++)
+                    dst[p * MR + i] = a[p * lda + i0 + i];
+        else
             for (size_t i = 0; i < mr; i++)
-                dst[i] = trans ? a[p * lda + i0 + i] : a[(i0 + i) * lda + p];
-            for (size_t i = mr; i < MR; i++)
-                dst[i] = 0.0f;
-            dst += MR;
-        }
+                for (size_t p = 0; p < kc; p++)
+                    dst[p * MR + i] = a[(i0 + i) * lda + p];
+        dst += kc * MR;
     }
 }
 
@@ -129,17 +136,17 @@ static void pack_b(int trans, const float *b, size_t ldb, size_t kc, size_t nc, 
 {
     for (size_t j0 = 0; j0 < nc; j0 += NR) {
         size_t nr = nc - j0 < NR ? nc - j0 : NR;
-        for (size_t p = 0; p < kc; p++) {
-            if (!trans && nr == NR)
-                memcpy(dst, b + p * ldb + j0, NR * sizeof(float));
-            else {
+        if (nr < NR)
+            memset(dst, 0, kc * NR * sizeof(float));
+        if (trans)
+            for (size_t j = 0; j < nr; j++)
+                for (size_t p = 0; p < kc; p++)
+                    dst[p * NR + j] = b[(j0 + j) * ldb + p];
+        else
+            for (size_t p = 0; p < kc; p++)
                 for (size_t j = 0; j < nr; j++)
-                    dst[j] = trans ? b[(j0 + j) * ldb + p] : b[p * ldb + j0 + j];
-                for (size_t j = nr; j < NR; j++)
-                    dst[j] = 0.0f;
-            }
-            dst += NR;
-        }
+                    dst[p * NR + j] = b[p * ldb + j0 + j];
+        dst += kc * NR;
     }
 }
 
@@ -169,13 +176,26 @@ void sgemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha, 
             pack_b(trans_b, trans_b ? b + jc * ldb + pc : b + pc * ldb + jc, ldb, kc, nc, bbuf);
             for (size_t ic = 0; ic < m; ic += MC) {
                 size_t mc = m - ic < MC ? m - ic : MC;
-                pack_a(trans_a, trans_a ? a + pc * lda + ic : a + ic * lda + pc, lda, mc, kc, abuf);
+                const float *ablk = trans_a ? a + pc * lda + ic : a + ic * lda + pc;
+                /* With one column panel each A element is used once: packing it
+                 * would cost as much as the multiply (skinny conv GEMMs). */
+                int in_place = nc <= NR;
+                if (!in_place)
+                    pack_a(trans_a, ablk, lda, mc, kc, abuf);
                 for (size_t jr = 0; jr < nc; jr += NR) {
                     size_t nr = nc - jr < NR ? nc - jr : NR;
                     for (size_t ir = 0; ir < mc; ir += MR) {
                         size_t mr = mc - ir < MR ? mc - ir : MR;
-                        kern(kc, abuf + ir * kc, bbuf + jr * kc, c + (ic + ir) * ldc + jc + jr, ldc, mr,
-                             nr, alpha);
+                        float *ct = c + (ic + ir) * ldc + jc + jr;
+                        if (!in_place)
+                            kern(kc, abuf + ir * kc, 1, MR, bbuf + jr * kc, ct, ldc, mr, nr, alpha);
+                        else if (mr < MR) { /* the kernel reads MR rows: pad this one */
+                            pack_a(trans_a, trans_a ? ablk + ir : ablk + ir * lda, lda, mr, kc, abuf);
+                            kern(kc, abuf, 1, MR, bbuf + jr * kc, ct, ldc, mr, nr, alpha);
+                        } else if (trans_a)
+                            kern(kc, ablk + ir, 1, lda, bbuf + jr * kc, ct, ldc, mr, nr, alpha);
+                        else
+                            kern(kc, ablk + ir * lda, lda, 1, bbuf + jr * kc, ct, ldc, mr, nr, alpha);
                     }
                 }
             }

@@ -1,0 +1,194 @@
+/* exchange.c - dense or compressed averaging of the flat gradient vector. */
+#include "exchange.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct exchange {
+    crux_comm_t comm;
+    size_t count;
+    float inv_size;
+    struct exchange_totals totals;
+#ifdef CRUX_HAVE_COMPRESS
+    crux_compressor_t comp; /* NULL for --codec none */
+    float *sum;             /* compressed result, count floats */
+#endif
+};
+
+static const char *const codec_names[] = { "none", "cltk", "gtopk", "topk", "sketch", "qsgd" };
+
+static int known_codec(const char *name)
+{
+    for (size_t i = 0; i < sizeof(codec_names) / sizeof(codec_names[0]); i++)
+        if (strcmp(name, codec_names[i]) == 0)
+            return 1;
+    return 0;
+}
+
+int exchange_codec_built(const char *name)
+{
+#ifdef CRUX_HAVE_COMPRESS
+    return known_codec(name);
+#else
+    return strcmp(name, "none") == 0;
+#endif
+}
+
+#ifdef CRUX_HAVE_COMPRESS
+static int parse_codec(const char *name, crux_codec_t *c)
+{
+    static const struct { const char *name; crux_codec_t codec; } map[] = {
+        { "none", CRUX_CODEC_NONE }, { "cltk", CRUX_CODEC_CLTK }, { "gtopk", CRUX_CODEC_GTOPK },
+        { "topk", CRUX_CODEC_TOPK }, { "sketch", CRUX_CODEC_SKETCH }, { "qsgd", CRUX_CODEC_QSGD },
+    };
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+        if (strcmp(name, map[i].name) == 0) {
+            *c = map[i].codec;
+            return 0;
+        }
+    return -1;
+}
+
+static int parse_memory(const char *name, crux_memory_t *m)
+{
+    static const struct { const char *name; crux_memory_t memory; } map[] = {
+        { "none", CRUX_MEMORY_NONE }, { "residual", CRUX_MEMORY_RESIDUAL },
+        { "lowpass", CRUX_MEMORY_LOWPASS }, { "momentum", CRUX_MEMORY_MOMENTUM },
+    };
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+        if (strcmp(name, map[i].name) == 0) {
+            *m = map[i].memory;
+            return 0;
+        }
+    return -1;
+}
+
+/* The codec's defaults from the library, overridden by the flags that were given. */
+static int compressor_open(struct exchange *x, const struct exchange_opts *o, char *err, size_t errlen)
+{
+    crux_codec_t codec = CRUX_CODEC_NONE;
+    crux_compress_config_t cfg;
+    if (parse_codec(o->codec, &codec) != 0) {
+        snprintf(err, errlen, "--codec %s: unknown", o->codec);
+        return CRUX_ERR_ARG;
+    }
+    crux_compress_config_init(&cfg, codec);
+    if (o->memory && parse_memory(o->memory, &cfg.memory) != 0) {
+        snprintf(err, errlen, "--memory %s: want none|residual|lowpass|momentum", o->memory);
+        return CRUX_ERR_ARG;
+    }
+    if (o->density >= 0)
+        cfg.density = o->density;
+    if (o->beta >= 0)
+        cfg.beta = (float)o->beta;
+    if (o->sketch_rows >= 0)
+        cfg.sketch_rows = o->sketch_rows;
+    if (o->sketch_cols >= 0)
+        cfg.sketch_cols = o->sketch_cols;
+    if (o->qsgd_levels >= 0)
+        cfg.qsgd_levels = o->qsgd_levels;
+    cfg.seed = o->seed;
+    x->sum = malloc((x->count ? x->count : 1) * sizeof(float));
+    if (!x->sum) {
+        snprintf(err, errlen, "out of memory for a %zu-float gradient", x->count);
+        return CRUX_ERR_NOMEM;
+    }
+    int rc = crux_compressor_create(x->comm, x->count, &cfg, &x->comp);
+    if (rc != CRUX_SUCCESS)
+        snprintf(err, errlen, "crux_compressor_create(codec %s, %zu floats): %s", o->codec, x->count,
+                 crux_error_string(rc));
+    return rc;
+}
+#endif
+
+int exchange_create(crux_comm_t comm, size_t count, const struct exchange_opts *opts, struct exchange **out,
+                    char *err, size_t errlen)
+{
+    int size, rc;
+    *out = NULL;
+    if (!known_codec(opts->codec)) {
+        snprintf(err, errlen, "--codec %s: want none|cltk|gtopk|topk|sketch|qsgd", opts->codec);
+        return CRUX_ERR_ARG;
+    }
+    if (!exchange_codec_built(opts->codec)) {
+        snprintf(err, errlen,
+                 "--codec %s: this crux-train was built without the compression API "
+                 "(CRUX_HAVE_COMPRESS); only --codec none is available",
+                 opts->codec);
+        return CRUX_ERR_UNSUPPORTED;
+    }
+    if ((rc = crux_comm_size(comm, &size)) != CRUX_SUCCESS) {
+        snprintf(err, errlen, "crux_comm_size: %s", crux_error_string(rc));
+        return rc;
+    }
+    struct exchange *x = calloc(1, sizeof(*x));
+    if (!x) {
+        snprintf(err, errlen, "out of memory");
+        return CRUX_ERR_NOMEM;
+    }
+    x->comm = comm;
+    x->count = count;
+    x->inv_size = 1.0f / (float)size;
+#ifdef CRUX_HAVE_COMPRESS
+    if (strcmp(opts->codec, "none") != 0 && (rc = compressor_open(x, opts, err, errlen)) != CRUX_SUCCESS) {
+        exchange_free(x);
+        return rc;
+    }
+#endif
+    *out = x;
+    return CRUX_SUCCESS;
+}
+
+static void scale(float *v, size_t n, float s)
+{
+    for (size_t i = 0; i < n; i++)
+        v[i] *= s;
+}
+
+int exchange_run(struct exchange *x, float *grad)
+{
+    double t0 = crux_wtime();
+    int rc;
+#ifdef CRUX_HAVE_COMPRESS
+    if (x->comp) {
+        crux_compress_stats_t st;
+        if ((rc = crux_compressed_allreduce(x->comp, grad, x->sum)) != CRUX_SUCCESS)
+            return rc;
+        if ((rc = crux_compressor_stats(x->comp, &st)) != CRUX_SUCCESS)
+            return rc;
+        for (size_t i = 0; i < x->count; i++)
+            grad[i] = x->sum[i] * x->inv_size;
+        x->totals.dense_bytes += st.dense_bytes;
+        x->totals.wire_bytes += st.wire_bytes;
+        x->totals.comm_s += crux_wtime() - t0;
+        return CRUX_SUCCESS;
+    }
+#endif
+    if ((rc = crux_allreduce(CRUX_IN_PLACE, grad, x->count, CRUX_FLOAT, CRUX_SUM, x->comm)) != CRUX_SUCCESS)
+        return rc;
+    scale(grad, x->count, x->inv_size);
+    /* Dense: the payload handed to crux_allreduce counts as both figures, so
+     * dense/wire is the compression ratio (1 here). */
+    x->totals.dense_bytes += x->count * sizeof(float);
+    x->totals.wire_bytes += x->count * sizeof(float);
+    x->totals.comm_s += crux_wtime() - t0;
+    return CRUX_SUCCESS;
+}
+
+void exchange_totals(const struct exchange *x, struct exchange_totals *t)
+{
+    *t = x->totals;
+}
+
+void exchange_free(struct exchange *x)
+{
+    if (!x)
+        return;
+#ifdef CRUX_HAVE_COMPRESS
+    if (x->comp)
+        crux_compressor_free(&x->comp);
+    free(x->sum);
+#endif
+    free(x);
+}

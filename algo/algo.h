@@ -17,6 +17,8 @@ typedef int (*crux_coll_fn)(struct crux_coll *op);
 /* allreduce */
 int crux_allreduce_ring(struct crux_coll *op);   /* algo/ring.c: RS + AG, pipelined */
 int crux_allreduce_recdbl(struct crux_coll *op); /* algo/recdbl.c: recursive doubling + fold */
+int crux_allreduce_hier(struct crux_coll *op);   /* algo/hier.c: node RS, per-rail rings, node AG */
+int crux_allreduce_tree(struct crux_coll *op);   /* algo/tree.c: double binary tree, pipelined */
 /* other collectives */
 int crux_reduce_scatter_ring(struct crux_coll *op); /* algo/ring.c */
 int crux_allgather_ring(struct crux_coll *op);      /* algo/allgather.c */

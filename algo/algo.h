@@ -25,6 +25,10 @@ int crux_allgather_ring(struct crux_coll *op);      /* algo/allgather.c */
 int crux_bcast_binomial(struct crux_coll *op);      /* algo/bcast.c */
 int crux_barrier_dissemination(struct crux_coll *op); /* algo/barrier.c */
 
+/* algo/tree.c: this rank's links in both trees (t->tree), from node-major position
+ * my_pos among P ranks; called once when a communicator is created. */
+int crux_tree_build(struct crux_topo *t, int P, int my_pos);
+
 /* algo/select.c: the only place that chooses. Sets op->fn and op->algo. */
 void crux_allreduce_select(struct crux_coll *op);
 void crux_coll_select(struct crux_coll *op); /* every other kind */

@@ -27,6 +27,7 @@ int crux_comm_create(struct crux_ctx *ctx, int size, const int *world_ranks, int
     *out = c;
     return CRUX_SUCCESS;
 free_xfers:
+    crux_topo_free(c->topo);
     free(c->xfers);
     free(c->world_ranks);
 free_comm:

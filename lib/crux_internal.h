@@ -52,6 +52,14 @@ struct crux_ctx {
 
 extern struct crux_ctx *crux_ctx_g; /* NULL when not initialized */
 
+/* This rank's place in one of the two binary trees of algo/tree.c (comm ranks). */
+struct crux_tree_links {
+    int parent;                   /* -1 at the root */
+    int nchild, child[2];         /* in increasing tree position */
+    int height, child_height[2];  /* longest path down to a leaf (leaves: 0) */
+    int root_height;
+};
+
 /* Which ranks of a communicator share a host (lib/topo.c), built once with the
  * communicator. Comm ranks throughout; nodes in order of their first rank. */
 struct crux_topo {
@@ -62,6 +70,7 @@ struct crux_topo {
     int *local_of;                       /* [size] index of each rank within its node */
     int *node_start;                     /* [nnodes + 1] node n = members[node_start[n]..] */
     int *members;                        /* [size] ranks grouped by node, comm order within */
+    struct crux_tree_links tree[2];      /* double binary tree over members[] order */
 };
 
 /* A communicator: a group of world ranks with its own call sequence. */

@@ -10,6 +10,7 @@
  */
 #include <stdlib.h>
 
+#include "algo/algo.h"
 #include "crux_internal.h"
 
 int crux_topo_build(struct crux_comm *comm)
@@ -61,7 +62,7 @@ int crux_topo_build(struct crux_comm *comm)
     t->local_rank = t->local_of[comm->rank];
     t->local_size = crux_topo_node_size(t, t->my_node);
     comm->topo = t;
-    return CRUX_SUCCESS;
+    return crux_tree_build(t, P, t->node_start[t->my_node] + t->local_rank);
 }
 
 void crux_topo_free(struct crux_topo *t)

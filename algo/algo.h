@@ -17,11 +17,17 @@ typedef int (*crux_coll_fn)(struct crux_coll *op);
 /* allreduce */
 int crux_allreduce_ring(struct crux_coll *op);   /* algo/ring.c: RS + AG, pipelined */
 int crux_allreduce_recdbl(struct crux_coll *op); /* algo/recdbl.c: recursive doubling + fold */
+int crux_allreduce_hier(struct crux_coll *op);   /* algo/hier.c: node RS, per-rail rings, node AG */
+int crux_allreduce_tree(struct crux_coll *op);   /* algo/tree.c: double binary tree, pipelined */
 /* other collectives */
 int crux_reduce_scatter_ring(struct crux_coll *op); /* algo/ring.c */
 int crux_allgather_ring(struct crux_coll *op);      /* algo/allgather.c */
 int crux_bcast_binomial(struct crux_coll *op);      /* algo/bcast.c */
 int crux_barrier_dissemination(struct crux_coll *op); /* algo/barrier.c */
+
+/* algo/tree.c: this rank's links in both trees (t->tree), from node-major position
+ * my_pos among P ranks; called once when a communicator is created. */
+int crux_tree_build(struct crux_topo *t, int P, int my_pos);
 
 /* algo/select.c: the only place that chooses. Sets op->fn and op->algo. */
 void crux_allreduce_select(struct crux_coll *op);

@@ -6,25 +6,53 @@ const char *crux_algo_name(int algo)
     switch (algo) {
     case CRUX_ALGO_RING: return "ring";
     case CRUX_ALGO_RECDBL: return "recdbl";
+    case CRUX_ALGO_HIER: return "hier";
+    case CRUX_ALGO_TREE: return "tree";
     default: return "auto";
     }
 }
 
 /* Recursive doubling moves the whole vector log2(P) times: best while latency
- * dominates. The ring moves 2(P-1)/P of it once: best once bandwidth does, and it
- * needs at least one element per rank to be worth its 2(P-1) steps. */
-void crux_allreduce_select(struct crux_coll *op)
+ * dominates (below CRUX_RING_MIN_BYTES, 64 KiB by default, or fewer elements than
+ * ranks). Past that, by topology:
+ *  - 4 or more nodes and at most SELECT_TREE_MAX_BYTES (1 MiB): the double binary
+ *    tree, whose ~2 log2(P) hops beat the ring's 2(P-1) steps while the message is
+ *    still too small for the ring's bandwidth advantage to pay for its latency;
+ *  - several nodes with more than one rank on some node: hierarchical, which keeps
+ *    (L-1)/L of the traffic on shared memory and sends only 2(N-1)/N of the vector
+ *    over the network, spread over every rank's rail;
+ *  - otherwise the pipelined ring (one node, or one rank per node).
+ * Everything is decided from values all ranks share (count, dtype, comm topology,
+ * config), so every rank picks the same schedule. */
+#define SELECT_TREE_MIN_NODES 4
+#define SELECT_TREE_MAX_BYTES ((size_t)1 << 20)
+
+static int select_auto(const struct crux_coll *op)
 {
     const struct crux_config *cfg = &op->comm->ctx->cfg;
-    int algo = cfg->algo;
-    if (algo == CRUX_ALGO_AUTO) {
-        size_t bytes = op->count * op->esize;
-        algo = bytes >= cfg->ring_min_bytes && op->count >= (size_t)op->comm->size
-                   ? CRUX_ALGO_RING
-                   : CRUX_ALGO_RECDBL;
-    }
+    const struct crux_topo *t = op->comm->topo;
+    size_t bytes = op->count * op->esize;
+    if (bytes < cfg->ring_min_bytes || op->count < (size_t)op->comm->size)
+        return CRUX_ALGO_RECDBL;
+    if (t->nnodes >= SELECT_TREE_MIN_NODES && bytes <= SELECT_TREE_MAX_BYTES)
+        return CRUX_ALGO_TREE;
+    if (t->nnodes > 1 && t->max_local > 1)
+        return CRUX_ALGO_HIER;
+    return CRUX_ALGO_RING;
+}
+
+void crux_allreduce_select(struct crux_coll *op)
+{
+    int algo = op->comm->ctx->cfg.algo;
+    if (algo == CRUX_ALGO_AUTO)
+        algo = select_auto(op);
     op->algo = algo;
-    op->fn = algo == CRUX_ALGO_RING ? crux_allreduce_ring : crux_allreduce_recdbl;
+    switch (algo) {
+    case CRUX_ALGO_RING: op->fn = crux_allreduce_ring; break;
+    case CRUX_ALGO_HIER: op->fn = crux_allreduce_hier; break;
+    case CRUX_ALGO_TREE: op->fn = crux_allreduce_tree; break;
+    default: op->fn = crux_allreduce_recdbl; break;
+    }
 }
 
 void crux_coll_select(struct crux_coll *op)

@@ -387,9 +387,11 @@ static int connect_backoff(const char *what, const char *host, const struct sock
 
 /* ---- this process: host, host hash, hello ---- */
 
-static void local_host(char host[CRUX_HOST_MAX], uint64_t *hash)
+static void local_host(const char *override, char host[CRUX_HOST_MAX], uint64_t *hash)
 {
-    if (gethostname(host, CRUX_HOST_MAX) != 0 || host[0] == '\0')
+    if (override[0])
+        snprintf(host, CRUX_HOST_MAX, "%s", override);
+    else if (gethostname(host, CRUX_HOST_MAX) != 0 || host[0] == '\0')
         snprintf(host, CRUX_HOST_MAX, "localhost");
     host[CRUX_HOST_MAX - 1] = '\0';
     /* the boot id tells apart containers that share a host name */
@@ -417,7 +419,7 @@ static void self_hello(const struct crux_identity *id, int listen_port, struct i
     h->pid = (int32_t)getpid();
     h->listen_port = (uint16_t)listen_port;
     memcpy(h->listen_addr, &addr, 4);
-    local_host(h->host, &h->host_hash);
+    local_host(id->host, h->host, &h->host_hash);
 }
 
 /* Tests and crux-run use loopback literals: then bind there, not on every address

@@ -19,6 +19,7 @@ struct crux_identity {
     int root_port;
     uint64_t job_key;             /* must match on every rank */
     const char *source;           /* "crux", "slurm", "ompi", "pmi", "single" */
+    char host[CRUX_HOST_MAX];     /* CRUX_HOSTNAME, "" = gethostname() */
 };
 
 /* What every rank learns about every other rank. */

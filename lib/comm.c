@@ -21,10 +21,14 @@ int crux_comm_create(struct crux_ctx *ctx, int size, const int *world_ranks, int
     c->ctx_id = ctx_id;
     /* Enough descriptors for any schedule (ring: 4(P-1), recdbl: 2 per step + fold). */
     if (crux_comm_reserve(c, 4 * size + 16, 0) != CRUX_SUCCESS)
-        goto free_ranks;
+        goto free_xfers;
+    if (crux_topo_build(c) != CRUX_SUCCESS)
+        goto free_xfers;
     *out = c;
     return CRUX_SUCCESS;
-free_ranks:
+free_xfers:
+    crux_topo_free(c->topo);
+    free(c->xfers);
     free(c->world_ranks);
 free_comm:
     free(c);
@@ -37,6 +41,7 @@ void crux_comm_destroy(struct crux_comm *comm)
 {
     if (!comm)
         return;
+    crux_topo_free(comm->topo);
     free(comm->xfers);
     free(comm->scratch);
     free(comm->world_ranks);
@@ -154,11 +159,32 @@ out:
     return rc;
 }
 
+/* The node grouping is known from the topology built with comm: no exchange is
+ * needed, but like MPI_Comm_split_type every member calls it (the child id
+ * counter must advance everywhere) and gets a communicator of its own to free. */
 int crux_comm_split_type_node(crux_comm_t comm, crux_comm_t *nodecomm)
 {
     CRUX_TRY(crux_check_comm(comm));
-    int wr = comm->world_ranks[comm->rank];
-    return crux_comm_split(comm, comm->ctx->peers[wr].node_id, comm->rank, nodecomm);
+    if (!nodecomm) {
+        crux_error(CRUX_SUBSYS_INIT, "crux_comm_split_type_node: nodecomm is NULL");
+        return CRUX_ERR_ARG;
+    }
+    const struct crux_topo *t = comm->topo;
+    int *world = malloc((size_t)t->local_size * sizeof(int));
+    if (!world) {
+        crux_error(CRUX_SUBSYS_INIT, "crux_comm_split_type_node: out of memory for %d ranks", t->local_size);
+        return CRUX_ERR_NOMEM;
+    }
+    for (int l = 0; l < t->local_size; l++)
+        world[l] = comm->world_ranks[crux_topo_rank(t, t->my_node, l)];
+    uint32_t id = comm_child_id(comm, t->my_node);
+    comm->nsplits++;
+    int rc = crux_comm_create(comm->ctx, t->local_size, world, t->local_rank, id, nodecomm);
+    free(world);
+    if (rc == CRUX_SUCCESS)
+        crux_debug(CRUX_SUBSYS_INIT, "node comm of comm %u: node %d of %d -> comm %u, rank %d of %d",
+                   comm->ctx_id, t->my_node, t->nnodes, id, t->local_rank, t->local_size);
+    return rc;
 }
 
 int crux_comm_free(crux_comm_t *comm)

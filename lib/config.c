@@ -51,6 +51,10 @@ const struct crux_param crux_params[] = {
     {"JOB_KEY", CRUX_PARAM_STRING, "", OFF(job_key), NULL,
      "String every rank of one job shares; a process presenting another key is rejected at "
      "bootstrap. When not set, derived from the Slurm job and step ids or from CRUX_ROOT."},
+    {"HOSTNAME", CRUX_PARAM_STRING, "", OFF(hostname), NULL,
+     "The host name used to group ranks into nodes (ranks with the same name share memory, "
+     "others talk over the network); default gethostname(). For containers and testing: ranks "
+     "of one machine given different names run the multi-node schedules over TCP."},
     {"BOOTSTRAP_TIMEOUT", CRUX_PARAM_SECONDS, "60", OFF(bootstrap_timeout_s), NULL,
      "Seconds crux_init waits for every rank to reach the root before failing with "
      "CRUX_ERR_BOOTSTRAP and naming the ranks that never arrived."},
@@ -74,9 +78,12 @@ const struct crux_param crux_params[] = {
      "every rank on the host has a core of its own, 0 when the host is oversubscribed (there a "
      "waiting rank yields its core to co-located ranks for up to 1 ms, then sleeps); 0 = no "
      "busy-polling."},
-    {"ALGO", CRUX_PARAM_ENUM, "auto", OFF(algo), "auto|ring|recdbl",
-     "Allreduce algorithm. auto: recursive doubling below CRUX_RING_MIN_BYTES, pipelined ring "
-     "from there on. ring or recdbl force that algorithm for every size."},
+    {"ALGO", CRUX_PARAM_ENUM, "auto", OFF(algo), "auto|ring|recdbl|hier|tree",
+     "Allreduce algorithm. auto: recursive doubling below CRUX_RING_MIN_BYTES; from there on the "
+     "double binary tree up to 1 MiB on 4 or more nodes, hierarchical (intra-node reduce-scatter, "
+     "per-rail inter-node ring, intra-node allgather) on several nodes with several ranks each, "
+     "else the pipelined ring (algo/select.c). ring, recdbl, hier or tree force that algorithm "
+     "for every size (hier and tree also work on one node)."},
     {"RING_MIN_BYTES", CRUX_PARAM_SIZE, "64K", OFF(ring_min_bytes), NULL,
      "With CRUX_ALGO=auto, allreduces of at least this many bytes (of one rank's buffer) use the "
      "ring, smaller ones recursive doubling. Suffixes K, M, G are binary."},

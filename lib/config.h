@@ -6,7 +6,8 @@
 #include <stdio.h>
 
 enum crux_transport_kind { CRUX_TP_AUTO = 0, CRUX_TP_SHM, CRUX_TP_TCP, CRUX_TP_VERBS };
-enum crux_algo_kind { CRUX_ALGO_AUTO = 0, CRUX_ALGO_RING, CRUX_ALGO_RECDBL };
+enum crux_algo_kind { CRUX_ALGO_AUTO = 0, CRUX_ALGO_RING, CRUX_ALGO_RECDBL, CRUX_ALGO_HIER,
+                      CRUX_ALGO_TREE };
 
 #define CRUX_STR_MAX 256
 
@@ -21,6 +22,7 @@ struct crux_config {
     char root[CRUX_STR_MAX]; /* CRUX_ROOT host:port, "" = not set */
     char job_key[CRUX_STR_MAX]; /* CRUX_JOB_KEY, "" = derived */
     double bootstrap_timeout_s; /* CRUX_BOOTSTRAP_TIMEOUT */
+    char hostname[CRUX_STR_MAX]; /* CRUX_HOSTNAME: host identity override, "" = gethostname() */
     /* transports */
     int transport;           /* CRUX_TRANSPORT: enum crux_transport_kind */
     char socket_ifname[CRUX_STR_MAX]; /* CRUX_SOCKET_IFNAME, NCCL syntax */

@@ -52,6 +52,27 @@ struct crux_ctx {
 
 extern struct crux_ctx *crux_ctx_g; /* NULL when not initialized */
 
+/* This rank's place in one of the two binary trees of algo/tree.c (comm ranks). */
+struct crux_tree_links {
+    int parent;                   /* -1 at the root */
+    int nchild, child[2];         /* in increasing tree position */
+    int height, child_height[2];  /* longest path down to a leaf (leaves: 0) */
+    int root_height;
+};
+
+/* Which ranks of a communicator share a host (lib/topo.c), built once with the
+ * communicator. Comm ranks throughout; nodes in order of their first rank. */
+struct crux_topo {
+    int nnodes;
+    int my_node, local_rank, local_size; /* this rank's node, index in it, its size */
+    int min_local, max_local;            /* fewest and most ranks on one node */
+    int *node_of;                        /* [size] node of each rank */
+    int *local_of;                       /* [size] index of each rank within its node */
+    int *node_start;                     /* [nnodes + 1] node n = members[node_start[n]..] */
+    int *members;                        /* [size] ranks grouped by node, comm order within */
+    struct crux_tree_links tree[2];      /* double binary tree over members[] order */
+};
+
 /* A communicator: a group of world ranks with its own call sequence. */
 struct crux_comm {
     struct crux_ctx *ctx;
@@ -61,6 +82,7 @@ struct crux_comm {
     uint64_t seq;                   /* next collective call number */
     uint32_t nsplits;               /* children created, for child context ids */
     struct crux_comm *next_zombie;
+    struct crux_topo *topo;         /* node grouping, built at creation */
     /* Scratch owned by the communicator, sized on first use and reused (no per-call
      * allocation once warm). */
     struct crux_xfer *xfers;        /* [nxfers_cap] */
@@ -148,6 +170,19 @@ int crux_comm_create(struct crux_ctx *ctx, int size, const int *world_ranks, int
 void crux_comm_destroy(struct crux_comm *comm);
 /* Check the library is initialized and comm is usable. */
 int crux_check_comm(crux_comm_t comm);
+
+/* --- lib/topo.c --- */
+int crux_topo_build(struct crux_comm *comm);
+void crux_topo_free(struct crux_topo *t);
+static inline int crux_topo_node_size(const struct crux_topo *t, int n)
+{
+    return t->node_start[n + 1] - t->node_start[n];
+}
+/* Comm rank of the l-th rank of node n. */
+static inline int crux_topo_rank(const struct crux_topo *t, int n, int l)
+{
+    return t->members[t->node_start[n] + l];
+}
 
 static inline int crux_comm_world_rank(const struct crux_comm *c, int r) { return c->world_ranks[r]; }
 

@@ -273,6 +273,12 @@ int crux_identity_resolve(const struct crux_config *cfg, struct crux_identity *i
     int rc = resolve_ranks(cfg, id);
     if (rc != CRUX_SUCCESS)
         return rc;
+    if (strlen(cfg->hostname) >= sizeof(id->host) || strpbrk(cfg->hostname, " \t\n")) {
+        crux_error(CRUX_SUBSYS_BOOT, "CRUX_HOSTNAME='%s' is not a host name (at most %zu characters, "
+                   "no spaces)", cfg->hostname, sizeof(id->host) - 1);
+        return CRUX_ERR_ARG;
+    }
+    snprintf(id->host, sizeof(id->host), "%s", cfg->hostname);
     char jobstep[2 * CRUX_STR_MAX];
     bool slurm = slurm_job_step(jobstep, sizeof(jobstep));
     rc = resolve_root(cfg, id, slurm ? jobstep : NULL);

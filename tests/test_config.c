@@ -209,7 +209,7 @@ Test(config, enums_case_insensitive_and_strict)
     static const struct {
         const char *p, *v;
     } bad[] = {{"TRANSPORT", "rdma"}, {"TRANSPORT", ""}, {"TRANSPORT", "tc"},
-               {"TRANSPORT", "tcpx"}, {"TRANSPORT", "auto|shm"}, {"ALGO", "tree"},
+               {"TRANSPORT", "tcpx"}, {"TRANSPORT", "auto|shm"}, {"ALGO", "btree"},
                {"LOG_LEVEL", "verbose"}, {"LOG_LEVEL", ""}, {"LOG_LEVEL", "3"}};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         int rc;

@@ -3,7 +3,8 @@
 # Idempotent; run as root (or through sudo).
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libcriterion-dev libhwloc-dev libisal-dev
-      libibverbs-dev librdmacm-dev iproute2 procps)
+      libibverbs-dev librdmacm-dev iproute2 procps
+      util-linux slurmctld slurmd slurm-client munge)   # multi-host and Slurm tests
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

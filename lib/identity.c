@@ -144,12 +144,27 @@ static int from_crux(const struct crux_config *cfg, struct crux_identity *id)
     return CRUX_SUCCESS;
 }
 
+/* Slurm sets SLURM_PROCID=0 and SLURM_NTASKS=<job's tasks> in the batch script too,
+ * where no step id exists; only srun tasks (job steps) carry a rank. */
+static bool slurm_in_step(void)
+{
+    const char *s = getenv("SLURM_STEP_ID");
+    if (!s)
+        s = getenv("SLURM_STEPID");
+    return s && *s;
+}
+
 /* Fill rank/size/local_rank/source. */
 static int resolve_ranks(const struct crux_config *cfg, struct crux_identity *id)
 {
     if (cfg->rank >= 0 || cfg->size >= 0)
         return from_crux(cfg, id);
-    int rc = from_launcher("SLURM_PROCID", "SLURM_NTASKS", "SLURM_NPROCS", "SLURM_LOCALID", id);
+    int rc = ENV_ABSENT;
+    if (slurm_in_step())
+        rc = from_launcher("SLURM_PROCID", "SLURM_NTASKS", "SLURM_NPROCS", "SLURM_LOCALID", id);
+    else if (getenv("SLURM_PROCID"))
+        crux_debug(CRUX_SUBSYS_BOOT, "SLURM_PROCID is set but no SLURM_STEP_ID: a batch script, "
+                   "not an srun task; Slurm's task variables describe the job, not this process");
     if (rc == 0) {
         id->source = "slurm";
         const char *ompi = getenv("OMPI_COMM_WORLD_RANK");

@@ -4,7 +4,8 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libcriterion-dev libhwloc-dev libisal-dev
       libibverbs-dev librdmacm-dev iproute2 procps
-      zlib1g-dev dataset-fashion-mnist)
+      zlib1g-dev dataset-fashion-mnist                  # examples/train
+      util-linux slurmctld slurmd slurm-client munge)   # multi-host and Slurm tests
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

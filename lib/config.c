@@ -78,6 +78,27 @@ const struct crux_param crux_params[] = {
      "every rank on the host has a core of its own, 0 when the host is oversubscribed (there a "
      "waiting rank yields its core to co-located ranks for up to 1 ms, then sleeps); 0 = no "
      "busy-polling."},
+    {"IB_HCA", CRUX_PARAM_IFLIST, "", OFF(ib_hca), NULL,
+     "RDMA devices (and ports) verbs may use; it takes the first active port that matches: a "
+     "comma list of device-name prefixes (mlx5,rxe); a leading ^ excludes them (^mlx5_1); a "
+     "leading = takes exact names (=mlx5_0); name:port picks one port (=mlx5_0:1). Empty: the "
+     "first active port of any device."},
+    {"IB_GID_INDEX", CRUX_PARAM_INT, "", OFF(ib_gid_index), "0..1023",
+     "GID table index used to address peers. Not set: on Ethernet (RoCE) the first RoCEv2 GID "
+     "holding an IPv4 address, on InfiniBand the port GID (index 0)."},
+    {"IB_TIMEOUT", CRUX_PARAM_INT, "18", OFF(ib_timeout), "1..31",
+     "Verbs ACK timeout exponent: a lost packet is retransmitted after 4.096 us * 2^n (18 = 1.07 "
+     "s). With CRUX_IB_RETRY_CNT it bounds how long a dead peer takes to be noticed."},
+    {"IB_RETRY_CNT", CRUX_PARAM_INT, "7", OFF(ib_retry_cnt), "0..7",
+     "Verbs transport retries before a send fails with a retry-exceeded error."},
+    {"IB_SL", CRUX_PARAM_INT, "0", OFF(ib_sl), "0..15",
+     "InfiniBand service level of the queue pairs (on RoCE: the VLAN priority)."},
+    {"IB_TC", CRUX_PARAM_INT, "0", OFF(ib_tc), "0..255",
+     "Traffic class of the queue pairs' GRH (on RoCE: the IP DSCP/ECN byte)."},
+    {"IB_MR_CACHE_BYTES", CRUX_PARAM_SIZE, "1G", OFF(ib_mr_cache_bytes), NULL,
+     "Bytes of user buffers verbs keeps registered (pinned) for zero-copy transfers; the least "
+     "recently used registrations are dropped beyond it. 0 registers per message. Pinned "
+     "memory counts against ulimit -l."},
     {"ALGO", CRUX_PARAM_ENUM, "auto", OFF(algo), "auto|ring|recdbl|hier|tree",
      "Allreduce algorithm. auto: recursive doubling below CRUX_RING_MIN_BYTES; from there on the "
      "double binary tree up to 1 MiB on 4 or more nodes, hierarchical (intra-node reduce-scatter, "

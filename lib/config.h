@@ -29,6 +29,14 @@ struct crux_config {
     size_t chunk_bytes;      /* CRUX_CHUNK_BYTES: pipeline fragment size */
     size_t shm_eager_bytes;  /* CRUX_SHM_EAGER_BYTES: mailbox threshold */
     int spin_us;             /* CRUX_SPIN_US: busy-poll before blocking, -1 = auto */
+    /* verbs */
+    char ib_hca[CRUX_STR_MAX]; /* CRUX_IB_HCA, NCCL syntax */
+    int ib_gid_index;        /* CRUX_IB_GID_INDEX, -1 = auto */
+    int ib_timeout;          /* CRUX_IB_TIMEOUT: 4.096 us * 2^n ACK timeout */
+    int ib_retry_cnt;        /* CRUX_IB_RETRY_CNT */
+    int ib_sl;               /* CRUX_IB_SL */
+    int ib_tc;               /* CRUX_IB_TC */
+    size_t ib_mr_cache_bytes; /* CRUX_IB_MR_CACHE_BYTES */
     /* collectives */
     int algo;                /* CRUX_ALGO: enum crux_algo_kind */
     size_t ring_min_bytes;   /* CRUX_RING_MIN_BYTES: auto switches recdbl -> ring at this size */

@@ -56,30 +56,81 @@ out:
     return rc;
 }
 
-/* Which transport carries each peer: shm within a host, tcp across (verbs: later). */
-static int init_pick_transports(struct crux_ctx *ctx, int *use_shm, int *use_tcp)
+#ifdef CRUX_HAVE_VERBS
+int crux_verbs_usable(const struct crux_config *cfg, char *why, size_t whylen);
+#endif
+
+/* Can every rank use verbs? Asked only when the answer matters (auto, several
+ * hosts); every rank takes part so they all reach the same answer. */
+static int init_verbs_everywhere(struct crux_ctx *ctx, int *all_ok, char *why, size_t whylen)
+{
+    uint8_t *ok = calloc((size_t)ctx->size, 1);
+    if (!ok) {
+        crux_error(CRUX_SUBSYS_INIT, "out of memory checking for RDMA devices");
+        return CRUX_ERR_NOMEM;
+    }
+#ifdef CRUX_HAVE_VERBS
+    ok[ctx->rank] = crux_verbs_usable(&ctx->cfg, why, whylen) == CRUX_SUCCESS;
+#else
+    snprintf(why, whylen, "this build has no verbs transport (CRUX_WITH_VERBS)");
+#endif
+    int rc = crux_bootstrap_allgather(ctx->bs, ok, 1);
+    *all_ok = rc == CRUX_SUCCESS;
+    for (int r = 0; rc == CRUX_SUCCESS && r < ctx->size; r++)
+        if (!ok[r] && *all_ok) {
+            *all_ok = 0;
+            if (r != ctx->rank)
+                snprintf(why, whylen, "rank %d (%s) has no usable RDMA device", r,
+                         ctx->peers[r].host);
+        }
+    free(ok);
+    return rc;
+}
+
+/* Which transport carries each peer: shm within a host; between hosts verbs when
+ * every rank has a usable device, else tcp. CRUX_TRANSPORT forces one for all. */
+static int init_pick_transports(struct crux_ctx *ctx, int *use_shm, int *use_tcp, int *use_verbs)
 {
     int want = ctx->cfg.transport;
-    *use_shm = *use_tcp = 0;
+    *use_shm = *use_tcp = *use_verbs = 0;
+#ifndef CRUX_HAVE_VERBS
     if (want == CRUX_TP_VERBS) {
         crux_error(CRUX_SUBSYS_INIT, "CRUX_TRANSPORT=verbs: the verbs transport is not part of "
-                   "this build; use auto, shm or tcp");
+                   "this build (libibverbs-dev and librdmacm-dev were missing); use auto, shm or "
+                   "tcp");
         return CRUX_ERR_UNSUPPORTED;
+    }
+#endif
+    if (want == CRUX_TP_VERBS) {
+        *use_verbs = 1;
+        crux_info(CRUX_SUBSYS_INIT, "verbs carries every peer: CRUX_TRANSPORT=verbs");
+        return CRUX_SUCCESS;
     }
     /* Decided from the peer table alone, so every rank reaches the same answer and
      * calls the same transports' (collective) init. */
+    int remote = 0;
     for (int a = 0; a < ctx->size; a++)
         for (int b = a + 1; b < ctx->size; b++) {
             int same = ctx->peers[a].host_hash == ctx->peers[b].host_hash;
             if (want == CRUX_TP_TCP || !same)
-                *use_tcp = 1;
+                remote = 1;
             else
                 *use_shm = 1;
         }
-    if (want == CRUX_TP_SHM && *use_tcp) {
+    if (want == CRUX_TP_SHM && remote) {
         crux_error(CRUX_SUBSYS_INIT, "CRUX_TRANSPORT=shm but the job spans %d hosts; "
                    "shm only connects ranks of one host (use auto or tcp)", ctx->nnodes);
         return CRUX_ERR_ARG;
+    }
+    if (remote && want == CRUX_TP_AUTO) {
+        char why[512] = "";
+        int all_ok;
+        CRUX_TRY(init_verbs_everywhere(ctx, &all_ok, why, sizeof(why)));
+        *use_verbs = all_ok;
+        *use_tcp = !all_ok;
+        crux_info(CRUX_SUBSYS_INIT, "between hosts: %s (%s)", all_ok ? "verbs" : "tcp", why);
+    } else {
+        *use_tcp = remote;
     }
     return CRUX_SUCCESS;
 }
@@ -107,8 +158,9 @@ static int init_transport(struct crux_ctx *ctx, const struct crux_tp_ops *ops, i
 
 static int init_transports(struct crux_ctx *ctx)
 {
-    int use_shm, use_tcp;
-    CRUX_TRY(init_pick_transports(ctx, &use_shm, &use_tcp));
+    int use_shm, use_tcp, use_verbs;
+    CRUX_TRY(init_pick_transports(ctx, &use_shm, &use_tcp, &use_verbs));
+    (void)use_verbs;
     int *peers = malloc((size_t)ctx->size * sizeof(int));
     if (!peers)
         return CRUX_ERR_NOMEM;
@@ -118,6 +170,11 @@ static int init_transports(struct crux_ctx *ctx)
     if (rc == CRUX_SUCCESS && use_tcp)
         rc = init_transport(ctx, &crux_tp_tcp_ops, ctx->cfg.transport == CRUX_TP_TCP ? -1 : 0,
                             peers);
+#ifdef CRUX_HAVE_VERBS
+    if (rc == CRUX_SUCCESS && use_verbs)
+        rc = init_transport(ctx, &crux_tp_verbs_ops, ctx->cfg.transport == CRUX_TP_VERBS ? -1 : 0,
+                            peers);
+#endif
     free(peers);
     return rc;
 }

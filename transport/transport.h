@@ -62,6 +62,16 @@ struct crux_xfer {
 
 struct crux_tp;
 
+/* Per-transport counters (optional op `stats`): what went where, so tests can
+ * prove which path a message took. Eager bytes pass through a bounce slot (one
+ * copy); rendezvous bytes go from user buffer to user buffer (zero copy); staged
+ * bytes landed in a scratch region for a receive-with-reduce (one reduce pass). */
+struct crux_tp_stats {
+    uint64_t tx_eager_msgs, tx_eager_bytes, tx_rdv_msgs, tx_rdv_bytes;
+    uint64_t rx_eager_msgs, rx_eager_bytes, rx_rdv_msgs, rx_rdv_bytes, rx_staged_bytes;
+    uint64_t mr_hits, mr_misses, mr_evictions;
+};
+
 struct crux_tp_ops {
     const char *name;
     /* Collective over ALL world ranks (uses ctx's bootstrap to exchange addresses):
@@ -83,6 +93,8 @@ struct crux_tp_ops {
     int (*block)(struct crux_tp *tp, int timeout_ms);
     /* Release everything (idempotent across ranks: no communication required). */
     void (*close)(struct crux_tp *tp);
+    /* Optional (NULL): the counters above since init. */
+    int (*stats)(struct crux_tp *tp, struct crux_tp_stats *out);
 };
 
 /* Every transport object starts with this. */
@@ -93,5 +105,6 @@ struct crux_tp {
 
 extern const struct crux_tp_ops crux_tp_shm_ops;
 extern const struct crux_tp_ops crux_tp_tcp_ops;
+extern const struct crux_tp_ops crux_tp_verbs_ops; /* CRUX_HAVE_VERBS builds only */
 
 #endif

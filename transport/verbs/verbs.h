@@ -1,0 +1,161 @@
+/* verbs.h - state shared by the verbs transport's files (not a public contract).
+ *
+ * Protocol, per ordered pair of ranks, over one RC QP:
+ *   EAGER  (len <= VB_EAGER_MAX): header + payload SENT into a bounce slot the
+ *          receiver pre-posted; the receiver copies (or reduces) it out.
+ *   RTS    (larger): the header only. When the matching receive is posted the
+ *          receiver answers with CTS grants {message offset, length, addr, rkey};
+ *          the sender RDMA_WRITE_WITH_IMMs the granted bytes (imm = transfer id)
+ *          straight from the user buffer. A plain receive grants its own buffer
+ *          once (zero copy); a receive-with-reduce grants two VB windows of a
+ *          registered scratch region in turn and reduces each fragment out of it
+ *          as it lands (one reduce pass, counted as staged bytes).
+ *   REFUSE the receiver's answer to an RTS whose header it does not expect.
+ * Every SEND and WRITE_WITH_IMM consumes one receive WQE of the peer: the sender
+ * spends a credit on each, and the receiver RDMA-writes its cumulative count of
+ * re-posted WQEs into the sender's credit word (no WQE consumed), so a fast
+ * sender never overruns a slow receiver. One send is active per peer at a time:
+ * FIFO order on the wire is FIFO order of completion.
+ */
+#ifndef CRUX_VERBS_H
+#define CRUX_VERBS_H
+
+#include <infiniband/verbs.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "crux_internal.h"
+#include "verbs_mr_cache.h"
+
+#define VB_EAGER_MAX 8192u   /* payload bytes carried in a bounce slot */
+#define VB_HEAD_BYTES 128u   /* struct vb_wire, padded: payload stays 64-byte aligned */
+#define VB_SLOT_BYTES (VB_HEAD_BYTES + VB_EAGER_MAX)
+#define VB_NRECV 32          /* receive WQEs posted per peer = the sender's credits */
+#define VB_NSPARE 32         /* more slots, for eager messages waiting for their receive */
+#define VB_NSLOTS (VB_NRECV + VB_NSPARE)
+#define VB_NSEND 16          /* send slots per peer (EAGER, RTS, CTS, REFUSE) */
+#define VB_MAX_WRITES 16     /* rendezvous writes in flight per peer */
+#define VB_SQ_DEPTH (VB_NSEND + VB_MAX_WRITES + 2)
+#define VB_NGRANTS 4
+
+enum vb_type { VB_EAGER = 1, VB_RTS, VB_CTS, VB_REFUSE };
+
+/* What heads every slot. */
+struct vb_wire {
+    uint32_t type;
+    uint32_t id;             /* rendezvous transfer id (RTS, CTS, REFUSE) */
+    struct crux_msg_hdr hdr; /* EAGER/RTS: the sender's; REFUSE: the receiver's expected */
+    uint64_t off, len, addr; /* CTS: grant of message bytes [off, off+len) at addr */
+    uint32_t rkey;
+    uint32_t pad;
+};
+
+/* wr_id = peer index << 32 | kind << 16 | slot */
+enum vb_wr_kind { WR_RECV = 1, WR_SEND, WR_WRITE, WR_CREDIT };
+
+struct vb_grant {
+    uint64_t off, len, addr;
+    uint32_t rkey, id;
+};
+
+struct vb_peer {
+    int rank;
+    const char *host;
+    struct ibv_qp *qp;
+    uint8_t rgid[16];           /* the peer's GID, for error messages */
+    int failed;                 /* 0 or the CRUX_ERR_* its transfers completed with */
+    uint8_t *slots;             /* [VB_NSLOTS] receive bounce slots */
+    uint8_t *sslots;            /* [VB_NSEND] send slots */
+    uint8_t *scratch;           /* 2 * tp->window: receive-with-reduce landing zone */
+    volatile uint64_t *credit_in;  /* the peer writes its WQE re-posts here */
+    volatile uint64_t *credit_src; /* our re-posts, the source of our credit writes */
+    uint64_t remote_credit_addr;   /* where our credit writes go on the peer */
+    uint32_t remote_rkey;
+    int sq_inflight;
+    /* --- send side --- */
+    struct crux_xfer *sq_head, *sq_tail;
+    uint64_t credits_used;      /* SENDs and WRITE_WITH_IMMs posted to the peer */
+    uint16_t sfree[VB_NSEND];
+    int nsfree;
+    uint32_t next_id;           /* rendezvous transfer ids */
+    int tx_rts_sent;            /* head send: RTS posted, waiting for grants */
+    struct vb_grant grants[VB_NGRANTS];
+    int g_head, g_count;
+    uint64_t tx_posted;         /* head send: bytes handed to WRITEs */
+    int tx_writes;              /* head send: WRITEs not yet completed */
+    struct mrc_entry *tx_mr;
+    /* --- receive side --- */
+    struct crux_xfer *rq_head, *rq_tail;
+    uint16_t held[VB_NSLOTS];   /* FIFO of slots holding EAGER/RTS not yet matched */
+    int h_head, h_count;
+    uint16_t rfree[VB_NSLOTS];
+    int nrfree;
+    int rposted;                /* receive WQEs outstanding */
+    uint64_t reposts;           /* cumulative, the credits we hand back */
+    uint64_t credit_sent;
+    int credit_inflight;
+    int probe_wanted;
+    double last_probe;
+    struct crux_xfer *rx_rdv;   /* receive whose rendezvous is in progress */
+    uint32_t rx_id;
+    uint64_t rx_granted;        /* message bytes granted so far */
+    int rx_grants_due;          /* CTS to send when resources allow */
+    struct mrc_entry *rx_mr;
+    int refuse_due;             /* REFUSE to send for rx_refuse_id */
+    uint32_t refuse_id;
+    struct crux_msg_hdr refuse_hdr;
+};
+
+struct crux_tp_stats;
+
+struct crux_verbs {
+    struct crux_tp base;
+    struct ibv_context *ctx;
+    struct ibv_pd *pd;
+    struct ibv_comp_channel *chan;
+    struct ibv_cq *cq;
+    int cq_armed;
+    struct ibv_mr *mr;          /* the library's own region: slots, scratch, credit words */
+    uint8_t *region;
+    size_t region_bytes, per_peer_bytes;
+    size_t window;              /* receive-with-reduce window (CRUX_CHUNK_BYTES) */
+    size_t frag;                /* bytes per RDMA write */
+    char dev_name[64];
+    int port, gid_index;
+    uint8_t gid[16];
+    uint16_t lid;
+    enum ibv_mtu mtu;
+    int is_eth;
+    int npeers;
+    struct vb_peer *peers;
+    int *peer_of_rank;          /* [world size] -> index, -1 */
+    int failed_rc;
+    struct mr_cache mrc;
+    /* counters (tests assert on them; logged at close) */
+    uint64_t tx_eager_msgs, tx_eager_bytes, tx_rdv_msgs, tx_rdv_bytes;
+    uint64_t rx_eager_msgs, rx_eager_bytes, rx_rdv_msgs, rx_rdv_bytes, rx_staged_bytes;
+};
+
+/* verbs_dev.c: device, port and GID choice. */
+struct vb_port_desc {
+    const char *name;
+    int port;
+    int active;
+};
+/* Index of the first active port selected by list (CRUX_IB_HCA syntax), or -1. */
+int vb_hca_pick(const char *list, const struct vb_port_desc *ports, int n);
+/* Open the device/port chosen by cfg; fills ctx, dev_name, port, gid*, lid, mtu, is_eth. */
+int vb_dev_open(struct crux_verbs *vb, const struct crux_config *cfg);
+/* Can this process use verbs at all (a matching active port)? Logs why not at info. */
+int crux_verbs_usable(const struct crux_config *cfg, char *why, size_t whylen);
+void vb_gid_format(const uint8_t gid[16], char *buf, size_t len);
+/* ibv_reg_mr with an actionable error (ulimit -l). */
+struct ibv_mr *vb_reg(struct ibv_pd *pd, void *addr, size_t len, int access, const char *what);
+
+/* verbs_conn.c: everything up to connected QPs (collective). */
+int vb_init(struct crux_ctx *ctx, const int *peers, int npeers, struct crux_tp **out);
+
+/* verbs.c */
+void vb_close(struct crux_tp *base);
+
+#endif

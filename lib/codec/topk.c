@@ -1,16 +1,17 @@
 /* topk.c - exact top-k by magnitude (codec.h) and the codec's runtime ISA dispatch.
  *
- * crux_topk, in the common case two passes over x, no sort of n:
+ * crux_topk, in the common case one pass over x plus a sample, no sort of n:
  *  1. Threshold from a seeded sample: ~n/1000 elements (at least 4096) taken as runs
  *     of 64 from random offsets in equal strata (cache-line friendly); the threshold
  *     is the sample's ks-th largest key, ks = expected rank of the k-th entry plus
  *     3 binomial standard deviations, so the pass keeps ~k(1+margin) and is rarely short.
  *  2. One vectorised compaction pass writes (idx, val) of every entry whose key is
  *     >= threshold into the workspace (ascending by construction).
- *  3. Exact-k fix-up on the survivors: radix-select their k-th largest key T (three
- *     histogram passes over the small candidate set), then keep key > T and the
- *     lowest-index entries with key == T. Too few survivors -> a lower threshold and
- *     another pass (twice at most); too many for the workspace -> the exact path.
+ *  3. Exact-k fix-up on the survivors: radix-select their k-th largest key T (an
+ *     11-bit histogram over the candidates, then two 10-bit digits over the keys of the
+ *     boundary bucket only), then keep key > T and the lowest-index entries with
+ *     key == T. Too few survivors -> the margin grows by 6 sigma and another pass (twice
+ *     at most); too many for the workspace -> the exact path.
  * The exact path (small n, k > kmax, no workspace, or a failed estimate) radix-selects
  * on all of x (3 histogram passes) and sweeps once. Both paths apply the same rule, so
  * the result never depends on the path, the ISA or the seed.

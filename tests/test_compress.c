@@ -86,6 +86,17 @@ TINY_TEST(cltk)
 TINY_TEST(gtopk)
 TINY_TEST(sketch)
 
+/* Split communicators (even/odd world ranks of 5: sizes 3 and 2) at the same time. */
+#define SPLIT_TEST(CODEC)                                                                         \
+    Test(compress_split, CODEC)                                                                   \
+    {                                                                                             \
+        char *args[] = { "split", #CODEC, NULL };                                                 \
+        run_ranks(5, "shm", "4096", args);                                                        \
+    }
+SPLIT_TEST(cltk)
+SPLIT_TEST(gtopk)
+SPLIT_TEST(sketch)
+
 #define CHUNK_TEST(CODEC)                                                                         \
     Test(compress_chunks, CODEC)                                                                  \
     {                                                                                             \

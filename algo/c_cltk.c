@@ -36,7 +36,7 @@ static int cltk_receive(struct crux_compressor *c, size_t ch, const struct cx_st
                         int leader, uint32_t *idx, float *val)
 {
     size_t off = cx_chunk_off(c, ch), len = cx_chunk_len(c, ch), k = cx_chunk_k(c, len), got = 0;
-    int rc = crux_idx_decode(s->buf, s->len, len, idx, k, &got);
+    int rc = crux_idx_decode(s->buf + CX_FRAME_HDR, s->len, len, idx, k, &got);
     if (rc != CRUX_SUCCESS || got != k) {
         crux_error(CRUX_SUBSYS_CODEC, "CLT-k chunk %zu: the %zu index bytes from leader rank %d do "
                    "not decode to %zu indices of [0, %zu) (got %zu): ranks disagree", ch,
@@ -46,6 +46,14 @@ static int cltk_receive(struct crux_compressor *c, size_t ch, const struct cx_st
     c->nk[ch] = got;
     crux_gather(c->acc + off, idx, got, val);
     return CRUX_SUCCESS;
+}
+
+static void cltk_write_chunk(struct crux_compressor *c, size_t ch, float *out)
+{
+    double t = cx_tic();
+    cx_write_out(c, ch, out, c->idx + ch * c->cand_max, c->val + ch * c->cand_max, c->nk[ch]);
+    c->st.nnz += c->nk[ch];
+    c->st.decode_s += cx_tic() - t;
 }
 
 int crux_cltk_allreduce(struct crux_compressor *c, const float *grad, float *out)
@@ -61,7 +69,8 @@ int crux_cltk_allreduce(struct crux_compressor *c, const float *grad, float *out
             elen = cltk_select(c, ch, idx, val, c->encbuf);
         c->st.encode_s += cx_tic() - t;
         struct cx_step *s;
-        CRUX_TRY(cx_post_bcast_var(c, leader, c->encbuf, elen, &s));
+        CRUX_TRY(cx_post_bcast_var(c, leader, c->encbuf, elen,
+                                   cx_frame_head(c, cx_chunk_k(c, cx_chunk_len(c, ch)), 0), &s));
         CRUX_TRY(cx_wait(c, s));
         t = cx_tic();
         if (me != leader)
@@ -71,13 +80,12 @@ int crux_cltk_allreduce(struct crux_compressor *c, const float *grad, float *out
         cx_mem_update(c, ch, idx, c->nk[ch]);
         c->st.decode_s += cx_tic() - t;
         CRUX_TRY(cx_post_allreduce(c, val, c->nk[ch], NULL));
+        /* The broadcast above queued behind the previous chunk's allreduce: that
+         * chunk is complete, write it out while this one is summed. */
+        if (ch > 0)
+            cltk_write_chunk(c, ch - 1, out);
     }
     CRUX_TRY(cx_wait(c, NULL));
-    double t = cx_tic();
-    for (size_t ch = 0; ch < c->nchunks; ch++) {
-        cx_write_out(c, ch, out, c->idx + ch * c->cand_max, c->val + ch * c->cand_max, c->nk[ch]);
-        c->st.nnz += c->nk[ch];
-    }
-    c->st.decode_s += cx_tic() - t;
+    cltk_write_chunk(c, c->nchunks - 1, out);
     return CRUX_SUCCESS;
 }

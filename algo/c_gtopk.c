@@ -13,8 +13,8 @@
  * fold their list into rank r - p2 (exchange 0); then exchange j = 1..log2 p2 has
  * rank r (with r mod 2^j == 2^(j-1)) send to r - 2^(j-1). Rank 0 ends with the
  * global list. Every list has exactly k entries (k <= chunk length, and a union
- * of two k-lists has at least k), so a message is the encoded indices followed by
- * k floats, preceded by its 8-byte length.
+ * of two k-lists has at least k), so a message is a frame (compress.h) of the
+ * encoded indices followed by k floats.
  *
  * Per chunk the tree is one queued step: the tree of chunk i runs while chunk i+1
  * is accumulated and selected.
@@ -26,7 +26,7 @@
 #define TAG_TREE 0x6000u
 #define TAG_DOWN 0x6100u
 
-enum { PH_POST = 0, PH_GOT_LEN, PH_GOT_DATA, PH_SENT, PH_DOWN_LEN, PH_DOWN_DATA, PH_DONE };
+enum { PH_POST = 0, PH_GOT_HEAD, PH_GOT_DATA, PH_SENT, PH_DOWN_HEAD, PH_DOWN_DATA, PH_DONE };
 
 static int pof2_floor(int p) { return 1 << (31 - __builtin_clz((unsigned)p)); }
 
@@ -53,25 +53,38 @@ static int tree_role(int r, int P, int x, int *peer)
 
 static int tree_exchanges(int P) { return 1 + __builtin_ctz((unsigned)pof2_floor(P)); }
 
-/* [encoded indices | k floats] of the current list into buf. */
-static size_t pack_list(const struct cx_step *s, const uint32_t *idx, const float *val, uint8_t *buf)
+/* Frame [len | encoded indices | k floats] of a list into f; returns len. */
+static size_t pack_list(const struct cx_step *s, const uint32_t *idx, const float *val, uint8_t *f)
 {
-    size_t e = crux_idx_encode(idx, s->k, s->clen, buf);
-    memcpy(buf + e, val, s->k * sizeof(float));
+    size_t e = crux_idx_encode(idx, s->k, s->clen, f + CX_FRAME_HDR);
+    memcpy(f + CX_FRAME_HDR + e, val, s->k * sizeof(float));
+    cx_frame_set_len(f, e + s->k * sizeof(float));
     return e + s->k * sizeof(float);
 }
 
-static int unpack_list(const struct cx_step *s, const uint8_t *buf, size_t len, uint32_t *idx,
-                       float *val, int from)
+/* A received frame's length must fit the buffer and hold k floats. */
+static int check_frame(const struct cx_step *s, const uint8_t *f, int from)
 {
-    size_t vb = s->k * sizeof(float), got = 0;
-    if (len < vb || crux_idx_decode(buf, len - vb, s->clen, idx, s->k, &got) != CRUX_SUCCESS ||
-        got != s->k) {
+    uint64_t len = cx_frame_len(f);
+    if (CX_FRAME_HDR + len > s->cap || len < s->k * sizeof(float)) {
+        crux_error(CRUX_SUBSYS_CODEC, "gTop-k chunk %zu: rank %d announced %llu bytes (%zu..%zu "
+                   "possible): ranks disagree", s->chunk, from, (unsigned long long)len,
+                   s->k * sizeof(float), s->cap - CX_FRAME_HDR);
+        return CRUX_ERR_MISMATCH;
+    }
+    return CRUX_SUCCESS;
+}
+
+static int unpack_list(const struct cx_step *s, const uint8_t *f, uint32_t *idx, float *val, int from)
+{
+    size_t len = (size_t)cx_frame_len(f), vb = s->k * sizeof(float), got = 0;
+    const uint8_t *p = f + CX_FRAME_HDR;
+    if (crux_idx_decode(p, len - vb, s->clen, idx, s->k, &got) != CRUX_SUCCESS || got != s->k) {
         crux_error(CRUX_SUBSYS_CODEC, "gTop-k chunk %zu: the %zu bytes from rank %d are not %zu "
                    "entries of [0, %zu): ranks disagree", s->chunk, len, from, s->k, s->clen);
         return CRUX_ERR_MISMATCH;
     }
-    memcpy(val, buf + (len - vb), vb);
+    memcpy(val, p + (len - vb), vb);
     return CRUX_SUCCESS;
 }
 
@@ -91,7 +104,15 @@ static void merge_received(struct crux_compressor *c, const struct cx_step *s)
     crux_topk_sparse(MRG_IDX(c), MRG_VAL(c), m, s->k, CUR_IDX(c), CUR_VAL(c));
 }
 
-/* Post the next exchange we take part in; when none is left, start the way down. */
+static int round_peer(const struct crux_coll *op, const struct cx_step *s)
+{
+    int peer = 0;
+    tree_role(op->comm->rank, op->comm->size, s->round, &peer);
+    return peer;
+}
+
+/* Post the next exchange we take part in. CRUX_SUCCESS when none is left (rank 0
+ * then holds the global list, framed in s->buf for the way down). */
 static int tree_advance(struct crux_coll *op, struct cx_step *s)
 {
     struct crux_compressor *c = s->cx;
@@ -100,116 +121,109 @@ static int tree_advance(struct crux_coll *op, struct cx_step *s)
         int role = tree_role(r, P, s->round, &peer);
         uint32_t tag = TAG_TREE + 2u * (uint32_t)s->round;
         if (role > 0) {
-            CRUX_TRY(crux_coll_recv(op, peer, tag, &s->rlen, sizeof(s->rlen), NULL));
-            op->phase = PH_GOT_LEN;
+            CRUX_TRY(crux_coll_recv(op, peer, tag, s->buf, s->head, NULL));
+            op->phase = PH_GOT_HEAD;
             return CRUX_INPROGRESS;
         }
         if (role < 0) {
-            s->len = pack_list(s, CUR_IDX(c), CUR_VAL(c), c->encbuf);
-            CRUX_TRY(crux_coll_send(op, peer, tag, &s->len, sizeof(s->len), NULL, NULL));
-            CRUX_TRY(crux_coll_send(op, peer, tag + 1, c->encbuf, s->len, NULL, NULL));
+            size_t tail = cx_frame_tail(s->head, pack_list(s, CUR_IDX(c), CUR_VAL(c), c->encbuf));
+            CRUX_TRY(crux_coll_send(op, peer, tag, c->encbuf, s->head, NULL, NULL));
+            if (tail)
+                CRUX_TRY(crux_coll_send(op, peer, tag + 1, c->encbuf + s->head, tail, NULL, NULL));
             op->phase = PH_SENT;
             return CRUX_INPROGRESS;
         }
     }
-    /* Rank 0 holds the global list: keep it and send it down. */
     if (r == 0) {
         size_t ch = s->chunk;
         memcpy(c->idx + ch * c->cand_max, CUR_IDX(c), s->k * sizeof(uint32_t));
         memcpy(c->val + ch * c->cand_max, CUR_VAL(c), s->k * sizeof(float));
-        s->len = pack_list(s, CUR_IDX(c), CUR_VAL(c), s->buf);
+        pack_list(s, CUR_IDX(c), CUR_VAL(c), s->buf);
     }
-    op->phase = PH_SENT; /* falls into the way down */
     return CRUX_SUCCESS;
 }
 
-static int down_post(struct crux_coll *op, struct cx_step *s, int data)
+/* Binomial broadcast from rank 0 of bytes at off in s->buf. */
+static int down_post(struct crux_coll *op, struct cx_step *s, size_t off, size_t bytes, uint32_t tag)
 {
     int P = op->comm->size, vr = op->comm->rank, mask = 1;
-    void *buf = data ? (void *)s->buf : (void *)&s->len;
-    size_t bytes = data ? s->len : sizeof(s->len);
-    uint32_t tag = TAG_DOWN + (uint32_t)data;
     struct crux_xfer *from_parent = NULL;
     while (mask < P) {
         if (vr & mask) {
-            CRUX_TRY(crux_coll_recv(op, vr - mask, tag, buf, bytes, &from_parent));
+            CRUX_TRY(crux_coll_recv(op, vr - mask, tag, s->buf + off, bytes, &from_parent));
             break;
         }
         mask <<= 1;
     }
     for (mask >>= 1; mask > 0; mask >>= 1)
         if (vr + mask < P)
-            CRUX_TRY(crux_coll_send(op, vr + mask, tag, buf, bytes, from_parent, NULL));
+            CRUX_TRY(crux_coll_send(op, vr + mask, tag, s->buf + off, bytes, from_parent, NULL));
     return CRUX_SUCCESS;
+}
+
+/* The tree is done for us: send the global list down (head, then tail if any). */
+static int tree_down(struct crux_coll *op, struct cx_step *s)
+{
+    if (op->comm->size == 1) {
+        op->phase = PH_DONE;
+        return CRUX_SUCCESS;
+    }
+    CRUX_TRY(down_post(op, s, 0, s->head, TAG_DOWN));
+    op->phase = PH_DOWN_HEAD;
+    return CRUX_INPROGRESS;
 }
 
 int crux_gtopk_tree(struct crux_coll *op)
 {
     struct cx_step *s = (struct cx_step *)op;
     struct crux_compressor *c = s->cx;
-    size_t ch = s->chunk;
+    size_t ch = s->chunk, tail;
     int rc;
     switch (op->phase) {
     case PH_POST:
         memcpy(CUR_IDX(c), c->lidx + ch * c->kmax, s->k * sizeof(uint32_t));
         memcpy(CUR_VAL(c), c->lval + ch * c->kmax, s->k * sizeof(float));
         break;
-    case PH_GOT_LEN:
-        if (s->rlen > s->cap || s->rlen < s->k * sizeof(float)) {
-            crux_error(CRUX_SUBSYS_CODEC, "gTop-k chunk %zu: a peer announced %zu bytes (%zu..%zu "
-                       "possible): ranks disagree", ch, (size_t)s->rlen, s->k * sizeof(float), s->cap);
-            return CRUX_ERR_MISMATCH;
+    case PH_GOT_HEAD:
+        CRUX_TRY(check_frame(s, s->buf, round_peer(op, s)));
+        tail = cx_frame_tail(s->head, cx_frame_len(s->buf));
+        if (tail) {
+            CRUX_TRY(crux_coll_recv(op, round_peer(op, s), TAG_TREE + 2u * (uint32_t)s->round + 1,
+                                    s->buf + s->head, tail, NULL));
+            op->phase = PH_GOT_DATA;
+            return CRUX_INPROGRESS;
         }
-        {
-            int peer = 0;
-            tree_role(op->comm->rank, op->comm->size, s->round, &peer);
-            CRUX_TRY(crux_coll_recv(op, peer, TAG_TREE + 2u * (uint32_t)s->round + 1, s->buf,
-                                    s->rlen, NULL));
-        }
-        op->phase = PH_GOT_DATA;
-        return CRUX_INPROGRESS;
-    case PH_GOT_DATA: {
-        int peer = 0;
-        tree_role(op->comm->rank, op->comm->size, s->round, &peer);
-        CRUX_TRY(unpack_list(s, s->buf, s->rlen, RCV_IDX(c), RCV_VAL(c), peer));
+        __attribute__((fallthrough)); /* the whole list came in the head */
+    case PH_GOT_DATA:
+        CRUX_TRY(unpack_list(s, s->buf, RCV_IDX(c), RCV_VAL(c), round_peer(op, s)));
         merge_received(c, s);
         s->round++;
         break;
-    }
-    case PH_SENT:
-        s->round = tree_exchanges(op->comm->size); /* a sender is done with the tree */
-        break;
-    case PH_DOWN_LEN:
-        if (s->len > s->cap) {
-            crux_error(CRUX_SUBSYS_CODEC, "gTop-k chunk %zu: rank 0 announced %zu bytes: ranks "
-                       "disagree", ch, (size_t)s->len);
-            return CRUX_ERR_MISMATCH;
+    case PH_SENT: /* a sender is done with the tree */
+        s->round = tree_exchanges(op->comm->size);
+        return tree_down(op, s);
+    case PH_DOWN_HEAD:
+        CRUX_TRY(check_frame(s, s->buf, 0));
+        tail = cx_frame_tail(s->head, cx_frame_len(s->buf));
+        if (tail) {
+            CRUX_TRY(down_post(op, s, s->head, tail, TAG_DOWN + 1));
+            op->phase = PH_DOWN_DATA;
+            return CRUX_INPROGRESS;
         }
-        CRUX_TRY(down_post(op, s, 1));
-        op->phase = PH_DOWN_DATA;
-        return CRUX_INPROGRESS;
+        __attribute__((fallthrough));
     case PH_DOWN_DATA:
         if (op->comm->rank != 0)
-            CRUX_TRY(unpack_list(s, s->buf, s->len, c->idx + ch * c->cand_max,
-                                 c->val + ch * c->cand_max, 0));
+            CRUX_TRY(unpack_list(s, s->buf, c->idx + ch * c->cand_max, c->val + ch * c->cand_max, 0));
         op->phase = PH_DONE;
         return CRUX_SUCCESS;
     default:
         return CRUX_SUCCESS;
     }
-    /* After the start, a merge, or our send: the next exchange, or the way down. */
-    if (op->phase != PH_SENT || s->round < tree_exchanges(op->comm->size)) {
-        rc = tree_advance(op, s);
-        if (rc != CRUX_SUCCESS)
-            return rc;
-    }
-    if (op->comm->size == 1) {
-        op->phase = PH_DONE;
-        return CRUX_SUCCESS;
-    }
-    CRUX_TRY(down_post(op, s, 0));
-    op->phase = PH_DOWN_LEN;
-    return CRUX_INPROGRESS;
+    /* After the start or a merge: the next exchange, or the way down. */
+    rc = tree_advance(op, s);
+    if (rc != CRUX_SUCCESS)
+        return rc;
+    return tree_down(op, s);
 }
 
 /* I ∩ I_global (both ascending): the entries of ours that the result carries. */
@@ -229,12 +243,17 @@ static size_t intersect(const uint32_t *a, size_t na, const uint32_t *b, size_t 
     return o;
 }
 
-static void gtopk_finish_chunk(struct crux_compressor *c, size_t ch)
+/* A chunk whose tree is done: memory update and output. */
+static void gtopk_finish_chunk(struct crux_compressor *c, size_t ch, float *out)
 {
+    double t = cx_tic();
     size_t k = cx_chunk_k(c, cx_chunk_len(c, ch));
     c->nk[ch] = k;
     size_t ns = intersect(c->lidx + ch * c->kmax, c->lk[ch], c->idx + ch * c->cand_max, k, c->sent);
     cx_mem_update(c, ch, c->sent, ns);
+    cx_write_out(c, ch, out, c->idx + ch * c->cand_max, c->val + ch * c->cand_max, k);
+    c->st.nnz += k;
+    c->st.decode_s += cx_tic() - t;
 }
 
 int crux_gtopk_allreduce(struct crux_compressor *c, const float *grad, float *out)
@@ -251,19 +270,11 @@ int crux_gtopk_allreduce(struct crux_compressor *c, const float *grad, float *ou
         CRUX_TRY(cx_post_gtopk(c, ch, &s));
         if (prev) { /* the previous chunk's tree ran while we selected this one */
             CRUX_TRY(cx_wait(c, prev));
-            t = cx_tic();
-            gtopk_finish_chunk(c, ch - 1);
-            c->st.decode_s += cx_tic() - t;
+            gtopk_finish_chunk(c, ch - 1, out);
         }
         prev = s;
     }
     CRUX_TRY(cx_wait(c, NULL));
-    double t = cx_tic();
-    gtopk_finish_chunk(c, c->nchunks - 1);
-    for (size_t ch = 0; ch < c->nchunks; ch++) {
-        cx_write_out(c, ch, out, c->idx + ch * c->cand_max, c->val + ch * c->cand_max, c->nk[ch]);
-        c->st.nnz += c->nk[ch];
-    }
-    c->st.decode_s += cx_tic() - t;
+    gtopk_finish_chunk(c, c->nchunks - 1, out);
     return CRUX_SUCCESS;
 }

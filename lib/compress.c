@@ -9,8 +9,8 @@
 #include "algo/algo.h"
 #include "compress.h"
 
-#define CX_TAG_LEN 0x5100u
-#define CX_TAG_DATA 0x5101u
+#define CX_TAG_HEAD 0x5100u
+#define CX_TAG_TAIL 0x5101u
 #define CX_MAX_ROWS 8
 #define CX_MAX_COLS (1 << 26)
 
@@ -154,8 +154,14 @@ static int cx_alloc_all(struct crux_compressor *c)
 {
     int rc = CRUX_SUCCESS;
     size_t n = c->n, nch = c->nchunks, km = c->kmax, cm = c->cand_max;
-    if (!(c->mem = cx_alloc(n * 4, "the memory", &rc)) || !(c->acc = cx_alloc(n * 4, "the accumulator", &rc)) ||
-        !(c->idx = cx_alloc(nch * cm * 4, "indices", &rc)) || !(c->val = cx_alloc(nch * cm * 4, "values", &rc)) ||
+    /* Plain error feedback needs no separate accumulator: acc = mem += grad, and the
+     * update only clears the sent entries (crux_mem_residual with mem == acc). */
+    int in_place = c->cfg.memory == CRUX_MEMORY_RESIDUAL ||
+                   (c->cfg.memory == CRUX_MEMORY_LOWPASS && c->cfg.beta == 1.0f);
+    if (!(c->mem = cx_alloc(n * 4, "the memory", &rc)))
+        return rc;
+    c->acc = in_place ? c->mem : cx_alloc(n * 4, "the accumulator", &rc);
+    if (!c->acc || !(c->idx = cx_alloc(nch * cm * 4, "indices", &rc)) || !(c->val = cx_alloc(nch * cm * 4, "values", &rc)) ||
         !(c->nk = cx_alloc(nch * sizeof(size_t), "counts", &rc)) ||
         !(c->sent = cx_alloc(cm * 4, "sent indices", &rc)))
         return rc;
@@ -186,7 +192,8 @@ static int cx_alloc_all(struct crux_compressor *c)
             }
     }
     /* A step buffer holds one encoded index set plus its values (gTop-k). */
-    c->stepcap = (crux_idx_encode_bound(cm, c->chunk_len) + vals_bytes + 63) & ~(size_t)63;
+    c->stepcap = (CX_FRAME_HDR + crux_idx_encode_bound(cm, c->chunk_len) + vals_bytes + 64 + 63) &
+                 ~(size_t)63;
     if (!(c->stepbuf = cx_alloc(CX_FIFO * c->stepcap, "message buffers", &rc)) ||
         !(c->encbuf = cx_alloc(c->stepcap, "the encode buffer", &rc)))
         return rc;
@@ -198,6 +205,14 @@ int crux_compressor_free(crux_compressor_t *pc)
     if (!pc || !*pc)
         return CRUX_SUCCESS;
     struct crux_compressor *c = *pc;
+    *pc = NULL;
+    if (c->nsteps) {
+        /* A failed call left transfers in the transports' queues that still point
+         * into our buffers: keep them (the context is broken anyway). */
+        crux_warn(CRUX_SUBSYS_CODEC, "crux_compressor_free: %d transfers of a failed call may "
+                  "still reference the compressor; its memory is not released", c->nsteps);
+        return CRUX_SUCCESS;
+    }
     if (c->sk) {
         for (size_t i = 0; i < c->nchunks; i++)
             crux_sketch_free(&c->sk[i]);
@@ -205,11 +220,12 @@ int crux_compressor_free(crux_compressor_t *pc)
     }
     if (c->ws)
         crux_topk_ws_free(c->ws);
-    free(c->mem), free(c->acc), free(c->idx), free(c->val), free(c->nk), free(c->sent);
+    if (c->acc != c->mem)
+        free(c->acc);
+    free(c->mem), free(c->idx), free(c->val), free(c->nk), free(c->sent);
     free(c->lidx), free(c->lval), free(c->lk), free(c->tidx), free(c->tval);
     free(c->est), free(c->stepbuf), free(c->encbuf);
     free(c);
-    *pc = NULL;
     return CRUX_SUCCESS;
 }
 
@@ -421,7 +437,14 @@ static int cx_post_binomial(struct crux_coll *op, int root, void *buf, size_t by
     return CRUX_SUCCESS;
 }
 
-/* Variable-length broadcast: the length first, then the bytes. */
+size_t cx_frame_head(const struct crux_compressor *c, size_t k, int vals)
+{
+    size_t h = CX_FRAME_HDR + 2 * k + 32 + (vals ? 4 * k : 0);
+    h = (h + 7) & ~(size_t)7;
+    return h < c->stepcap ? h : c->stepcap;
+}
+
+/* Broadcast of a frame: the head, then the tail if the length in the head says so. */
 static int cx_bcast_var_fn(struct crux_coll *op)
 {
     struct cx_step *s = (struct cx_step *)op;
@@ -430,39 +453,44 @@ static int cx_bcast_var_fn(struct crux_coll *op)
         return CRUX_SUCCESS;
     switch (op->phase) {
     case 0:
-        CRUX_TRY(cx_post_binomial(op, op->root, &s->len, sizeof(s->len), CX_TAG_LEN));
+        CRUX_TRY(cx_post_binomial(op, op->root, s->buf, s->head, CX_TAG_HEAD));
         op->phase = 1;
         return CRUX_INPROGRESS;
-    case 1:
-        if (s->len > s->cap) {
+    case 1: {
+        s->len = cx_frame_len(s->buf);
+        if (CX_FRAME_HDR + s->len > s->cap) {
             crux_error(CRUX_SUBSYS_CODEC, "index broadcast from rank %d announced %" PRIu64
                        " bytes, more than %zu possible for count %zu: ranks disagree",
                        op->root, s->len, s->cap, c->n);
             return CRUX_ERR_MISMATCH;
         }
         op->phase = 2;
-        if (s->len == 0)
+        size_t tail = cx_frame_tail(s->head, s->len);
+        if (tail == 0)
             return CRUX_SUCCESS;
-        CRUX_TRY(cx_post_binomial(op, op->root, s->buf, s->len, CX_TAG_DATA));
+        CRUX_TRY(cx_post_binomial(op, op->root, s->buf + s->head, tail, CX_TAG_TAIL));
         return CRUX_INPROGRESS;
+    }
     default:
         return CRUX_SUCCESS;
     }
 }
 
 int cx_post_bcast_var(struct crux_compressor *c, int root, const void *src, size_t len,
-                      struct cx_step **out)
+                      size_t head, struct cx_step **out)
 {
     struct cx_step *s;
     CRUX_TRY(cx_enqueue(c, &s));
     s->kind = CX_BCAST_VAR;
     s->cap = c->stepcap;
+    s->head = head;
     cx_coll_init(&s->coll, c->comm, CRUX_COLL_COMPRESSED, c->cfg.codec, NULL, c->n, CRUX_UINT8);
     s->coll.root = root;
     s->coll.fn = cx_bcast_var_fn;
     if (c->comm->rank == root) {
         s->len = len;
-        memcpy(s->buf, src, len);
+        cx_frame_set_len(s->buf, len);
+        memcpy(s->buf + CX_FRAME_HDR, src, len);
     } else {
         s->len = 0;
     }
@@ -480,6 +508,7 @@ int cx_post_gtopk(struct crux_compressor *c, size_t chunk, struct cx_step **out)
     s->chunk = chunk;
     s->clen = cx_chunk_len(c, chunk);
     s->k = cx_chunk_k(c, s->clen);
+    s->head = cx_frame_head(c, s->k, 1);
     s->round = 0;
     s->len = 0;
     cx_coll_init(&s->coll, c->comm, CRUX_COLL_COMPRESSED, c->cfg.codec, NULL, s->clen, CRUX_UINT8);

@@ -12,6 +12,8 @@
 #ifndef CRUX_COMPRESS_H
 #define CRUX_COMPRESS_H
 
+#include <string.h>
+
 #include "codec/codec.h"
 #include "crux_internal.h"
 
@@ -27,10 +29,10 @@ struct cx_step {
     int kind;                   /* enum cx_step_kind */
     int started, done;
     double t_start;
-    /* CX_BCAST_VAR: root's len bytes of buf reach every rank (len travels first) */
-    uint64_t len, rlen;         /* rlen: a gTop-k peer's message length */
+    /* CX_BCAST_VAR: the root's frame in buf reaches every rank (see cx_frame) */
+    uint64_t len;               /* payload bytes of the frame in buf, once known */
     uint8_t *buf;               /* cx->stepbuf slice, cap bytes */
-    size_t cap;
+    size_t cap, head;
     /* CX_GTOPK: the chunk being merged (see algo/c_gtopk.c) */
     size_t chunk, clen, k;
     int round;
@@ -44,7 +46,7 @@ struct crux_compressor {
     size_t kmax;                /* largest per-chunk k */
     size_t cand_max;            /* largest sketch candidate count (2k) */
     uint64_t calls;             /* t: leader of CLT-k is t mod P */
-    float *mem, *acc;           /* [n] memory and memory + grad */
+    float *mem, *acc;           /* [n] memory and memory + grad (acc == mem for residual) */
     uint32_t *idx;              /* [nchunks * cand_max] indices per chunk */
     float *val;                 /* [nchunks * cand_max] values per chunk */
     size_t *nk;                 /* [nchunks] entries in idx/val per chunk */
@@ -66,6 +68,26 @@ struct crux_compressor {
     double t_comm_busy;         /* start of the current busy period of the FIFO */
 };
 
+/* Framed message: [8-byte payload length | payload]. The first `head` bytes go as
+ * one message, so the length rides with the start of the payload; only a payload
+ * longer than head - 8 needs a second message (the tail). head is a function of the
+ * chunk's k, the same on every rank, sized for the typical encoding (2 bytes per
+ * index: gaps below 16384), so most messages take one latency, not two. */
+#define CX_FRAME_HDR 8
+static inline uint64_t cx_frame_len(const uint8_t *f)
+{
+    uint64_t l;
+    memcpy(&l, f, sizeof(l));
+    return l;
+}
+static inline void cx_frame_set_len(uint8_t *f, uint64_t l) { memcpy(f, &l, sizeof(l)); }
+static inline size_t cx_frame_tail(size_t head, uint64_t len)
+{
+    return CX_FRAME_HDR + len > head ? (size_t)(CX_FRAME_HDR + len - head) : 0;
+}
+/* head for k indices (+ k floats with vals). */
+size_t cx_frame_head(const struct crux_compressor *c, size_t k, int vals);
+
 /* Chunk geometry. */
 static inline size_t cx_chunk_off(const struct crux_compressor *c, size_t ch) { return ch * c->chunk_len; }
 static inline size_t cx_chunk_len(const struct crux_compressor *c, size_t ch)
@@ -80,7 +102,7 @@ size_t cx_chunk_k(const struct crux_compressor *c, size_t len);
  * step stays valid until it is done and the FIFO moves past it. */
 int cx_post_allreduce(struct crux_compressor *c, float *vals, size_t count, struct cx_step **out);
 int cx_post_bcast_var(struct crux_compressor *c, int root, const void *src, size_t len,
-                      struct cx_step **out);
+                      size_t head, struct cx_step **out);
 int cx_post_gtopk(struct crux_compressor *c, size_t chunk, struct cx_step **out);
 /* Advance the queue without blocking (between encode sub-blocks). */
 int cx_poll(struct crux_compressor *c);

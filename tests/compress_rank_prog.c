@@ -8,6 +8,7 @@
  *
  *   crux_test_compress_rank check cltk|gtopk|sketch N STEPS BETA DENSITY
  *   crux_test_compress_rank chunks cltk|gtopk|sketch   chunked == unchunked (planted)
+ *   crux_test_compress_rank split cltk|gtopk|sketch    check on both halves of a split
  *   crux_test_compress_rank badcfg
  *   crux_test_compress_rank mismatch count|config
  *
@@ -22,6 +23,7 @@
 #include "lib/compress.h"
 
 static int rank, P, failures;
+static crux_comm_t g_comm; /* the communicator under test (world, or a split half) */
 
 #define CHECK_RC(call)                                                                            \
     do {                                                                                          \
@@ -277,7 +279,7 @@ static void check_identical(const void *buf, size_t bytes, const char *what)
 {
     uint64_t mine = fnv(buf, bytes);
     uint64_t *all = xcalloc((size_t)P, 8);
-    CHECK_RC(crux_allgather(&mine, 1, all, CRUX_INT64, CRUX_COMM_WORLD));
+    CHECK_RC(crux_allgather(&mine, 1, all, CRUX_INT64, g_comm));
     for (int r = 0; r < P; r++)
         if (all[r] != mine) {
             FAIL("%s: output bits differ from rank %d", what, r);
@@ -312,7 +314,7 @@ static int mode_check(int codec, size_t n, int steps, float beta, double density
     if (codec != CRUX_CODEC_CLTK)
         cfg.memory = beta == 1.0f ? CRUX_MEMORY_RESIDUAL : CRUX_MEMORY_LOWPASS;
     crux_compressor_t c;
-    CHECK_RC(crux_compressor_create(CRUX_COMM_WORLD, n, &cfg, &c));
+    CHECK_RC(crux_compressor_create(g_comm, n, &cfg, &c));
     g_n = n, g_chunk_len = c->chunk_len, g_density = density;
     struct sim s = { codec, n, c->chunk_len, c->nchunks, beta, NULL, NULL, NULL };
     s.mem = xcalloc((size_t)P, sizeof(float *));
@@ -368,7 +370,10 @@ static int mode_check(int codec, size_t n, int steps, float beta, double density
             FAIL("%s: stats nnz %zu, want %zu", what, st.nnz, want_nnz);
         if (st.dense_bytes != (uint64_t)n * 4)
             FAIL("%s: stats dense_bytes %llu", what, (unsigned long long)st.dense_bytes);
-        if (P > 1 && (st.wire_bytes == 0 || st.wire_bytes >= st.dense_bytes))
+        /* Tiny vectors or dense "compression" may cost more than dense: only the
+         * sizes the codecs are for must come out smaller. */
+        int compresses = n >= 1000 && density <= 0.1;
+        if (P > 1 && (st.wire_bytes == 0 || (compresses && st.wire_bytes >= st.dense_bytes)))
             FAIL("%s: stats wire_bytes %llu (dense %llu)", what, (unsigned long long)st.wire_bytes,
                  (unsigned long long)st.dense_bytes);
         if (P == 1 && st.wire_bytes != 0)
@@ -378,7 +383,7 @@ static int mode_check(int codec, size_t n, int steps, float beta, double density
     }
     if (beta == 1.0f && codec != CRUX_CODEC_GTOPK) {
         float *memsum = xcalloc(n, 4);
-        CHECK_RC(crux_allreduce(c->mem, memsum, n, CRUX_FLOAT, CRUX_SUM, CRUX_COMM_WORLD));
+        CHECK_RC(crux_allreduce(c->mem, memsum, n, CRUX_FLOAT, CRUX_SUM, g_comm));
         for (size_t i = 0; i < n; i++)
             if (out_total[i] + memsum[i] != in_total[i]) {
                 FAIL("conservation at %zu: sent %g + memories %g != inputs %g", i,
@@ -388,7 +393,7 @@ static int mode_check(int codec, size_t n, int steps, float beta, double density
         free(memsum);
     }
     free(in_total), free(out_total);
-    if (codec == CRUX_CODEC_CLTK && P > 1 && rotated != steps)
+    if (codec == CRUX_CODEC_CLTK && P > 1 && n >= 1000 && rotated != steps)
         FAIL("cltk: the output followed the leader's class in %d of %d steps", rotated, steps);
     CHECK_RC(crux_compressor_free(&c));
     if (c != NULL)
@@ -521,11 +526,21 @@ int main(int argc, char **argv)
     CHECK_RC(crux_init(&argc, &argv));
     CHECK_RC(crux_comm_rank(CRUX_COMM_WORLD, &rank));
     CHECK_RC(crux_comm_size(CRUX_COMM_WORLD, &P));
+    g_comm = CRUX_COMM_WORLD;
     int rc;
     if (!strcmp(argv[1], "check") && argc == 7)
         rc = mode_check(parse_codec(argv[2]), strtoul(argv[3], NULL, 10), atoi(argv[4]),
                         (float)atof(argv[5]), atof(argv[6]));
-    else if (!strcmp(argv[1], "chunks") && argc == 3)
+    else if (!strcmp(argv[1], "split") && argc == 3) {
+        /* Two communicators (even and odd world ranks) compress at the same time. */
+        crux_comm_t half;
+        CHECK_RC(crux_comm_split(CRUX_COMM_WORLD, rank % 2, rank, &half));
+        CHECK_RC(crux_comm_rank(half, &rank));
+        CHECK_RC(crux_comm_size(half, &P));
+        g_comm = half;
+        rc = mode_check(parse_codec(argv[2]), 3001, 4, 0.5f, 0.01);
+        CHECK_RC(crux_comm_free(&half));
+    } else if (!strcmp(argv[1], "chunks") && argc == 3)
         rc = mode_chunks(parse_codec(argv[2]));
     else if (!strcmp(argv[1], "badcfg"))
         rc = mode_badcfg();

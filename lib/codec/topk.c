@@ -1,16 +1,17 @@
 /* topk.c - exact top-k by magnitude (codec.h) and the codec's runtime ISA dispatch.
  *
- * crux_topk, in the common case two passes over x, no sort of n:
+ * crux_topk, in the common case one pass over x plus a sample, no sort of n:
  *  1. Threshold from a seeded sample: ~n/1000 elements (at least 4096) taken as runs
  *     of 64 from random offsets in equal strata (cache-line friendly); the threshold
  *     is the sample's ks-th largest key, ks = expected rank of the k-th entry plus
  *     3 binomial standard deviations, so the pass keeps ~k(1+margin) and is rarely short.
  *  2. One vectorised compaction pass writes (idx, val) of every entry whose key is
  *     >= threshold into the workspace (ascending by construction).
- *  3. Exact-k fix-up on the survivors: radix-select their k-th largest key T (three
- *     histogram passes over the small candidate set), then keep key > T and the
- *     lowest-index entries with key == T. Too few survivors -> a lower threshold and
- *     another pass (twice at most); too many for the workspace -> the exact path.
+ *  3. Exact-k fix-up on the survivors: radix-select their k-th largest key T (an
+ *     11-bit histogram over the candidates, then two 10-bit digits over the keys of the
+ *     boundary bucket only), then keep key > T and the lowest-index entries with
+ *     key == T. Too few survivors -> the margin grows by 6 sigma and another pass (twice
+ *     at most); too many for the workspace -> the exact path.
  * The exact path (small n, k > kmax, no workspace, or a failed estimate) radix-selects
  * on all of x (3 histogram passes) and sweeps once. Both paths apply the same rule, so
  * the result never depends on the path, the ISA or the seed.
@@ -127,30 +128,58 @@ static size_t compact(const float *x, size_t n, uint32_t thr, uint32_t *idx, flo
 static const int digit_shift[3] = {20, 10, 0};
 static const uint32_t digit_mask[3] = {0x7ff, 0x3ff, 0x3ff};
 
-/* The k-th largest key of v[0..m) (1 <= k <= m), and how many keys are strictly larger. */
-static uint32_t kth_largest_key(const float *v, size_t m, size_t k, size_t *n_greater)
+/* One radix digit: histogram the keys that match prefix on pmask, then find the bucket
+ * holding the k-th largest; *greater accumulates the keys above it. Keys come from
+ * floats (v) or, when v is NULL, from precomputed keys. */
+static uint32_t digit_select(const float *v, const uint32_t *keys, size_t m, size_t k, int d,
+                             uint32_t prefix, uint32_t pmask, size_t *greater, uint32_t *hist)
 {
-    uint32_t hist[2048];
-    uint32_t prefix = 0;  /* digits fixed so far */
-    uint32_t pmask = 0;   /* which key bits they cover */
-    size_t greater = 0;
-    for (int d = 0; d < 3; d++) {
-        int sh = digit_shift[d];
-        uint32_t dm = digit_mask[d];
-        memset(hist, 0, (dm + 1) * sizeof hist[0]);
+    int sh = digit_shift[d];
+    uint32_t dm = digit_mask[d];
+    memset(hist, 0, (dm + 1) * sizeof hist[0]);
+    if (v) {
         for (size_t i = 0; i < m; i++) {
             uint32_t key = key_of(v[i]);
             if ((key & pmask) == prefix)
                 hist[(key >> sh) & dm]++;
         }
-        uint32_t b = dm;
-        for (;; b--) {
-            if (greater + hist[b] >= k)
-                break;
-            greater += hist[b];
+    } else {
+        for (size_t i = 0; i < m; i++)
+            if ((keys[i] & pmask) == prefix)
+                hist[(keys[i] >> sh) & dm]++;
+    }
+    uint32_t b = dm;
+    for (; *greater + hist[b] < k; b--)
+        *greater += hist[b];
+    return b;
+}
+
+/* The k-th largest key of v[0..m) (1 <= k <= m), and how many keys are strictly larger.
+ * With scratch (room for scratch_cap keys), the keys of the boundary bucket of the first
+ * digit are copied out once, so the two later digits scan a small set, not all of v. */
+static uint32_t kth_largest_key(const float *v, size_t m, size_t k, size_t *n_greater,
+                                uint32_t *scratch, size_t scratch_cap)
+{
+    uint32_t hist[2048];
+    size_t greater = 0;
+    uint32_t b = digit_select(v, NULL, m, k, 0, 0, 0, &greater, hist);
+    uint32_t prefix = b << digit_shift[0], pmask = digit_mask[0] << digit_shift[0];
+    const uint32_t *keys = NULL;
+    if (scratch && hist[b] <= scratch_cap) {
+        size_t c = 0;
+        for (size_t i = 0; i < m; i++) {
+            uint32_t key = key_of(v[i]);
+            scratch[c] = key;
+            c += (key & pmask) == prefix; /* branch-free append */
         }
-        prefix |= b << sh;
-        pmask |= dm << sh;
+        keys = scratch;
+        v = NULL;
+        m = c;
+    }
+    for (int d = 1; d < 3; d++) {
+        b = digit_select(v, keys, m, k, d, prefix, pmask, &greater, hist);
+        prefix |= b << digit_shift[d];
+        pmask |= digit_mask[d] << digit_shift[d];
     }
     *n_greater = greater;
     return prefix;
@@ -179,10 +208,11 @@ static size_t sweep_keep(const uint32_t *in_idx, const float *in_val, size_t m, 
 }
 
 static size_t select_exact(const uint32_t *in_idx, const float *in_val, size_t m, size_t k,
-                           uint32_t *out_idx, float *out_val)
+                           uint32_t *scratch, size_t scratch_cap, uint32_t *out_idx,
+                           float *out_val)
 {
     size_t greater;
-    uint32_t t = kth_largest_key(in_val, m, k, &greater);
+    uint32_t t = kth_largest_key(in_val, m, k, &greater, scratch, scratch_cap);
     return sweep_keep(in_idx, in_val, m, t, k - greater, out_idx, out_val);
 }
 
@@ -198,6 +228,7 @@ struct crux_topk_ws {
     size_t cap;        /* survivors the compaction may write */
     uint32_t *cidx;
     float *cval;
+    uint32_t *ckey;    /* fix-up scratch: keys of the boundary radix bucket */
     float *sample;
     size_t sample_cap;
     int last_path;     /* enum codec_topk_path of the last call (tests, bench) */
@@ -234,8 +265,9 @@ int crux_topk_ws_create(size_t n, size_t kmax, struct crux_topk_ws **out)
     ws->margin_z = MARGIN_Z;
     ws->cidx = malloc((ws->cap + 1) * sizeof *ws->cidx);
     ws->cval = malloc((ws->cap + 1) * sizeof *ws->cval);
+    ws->ckey = malloc((ws->cap + 2) * sizeof *ws->ckey);
     ws->sample = malloc(ws->sample_cap * sizeof *ws->sample);
-    if (!ws->cidx || !ws->cval || !ws->sample) {
+    if (!ws->cidx || !ws->cval || !ws->ckey || !ws->sample) {
         crux_error(CRUX_SUBSYS_CODEC, "top-k workspace for n=%zu kmax=%zu: out of memory", n, kmax);
         crux_topk_ws_free(ws);
         return CRUX_ERR_NOMEM;
@@ -243,6 +275,7 @@ int crux_topk_ws_create(size_t n, size_t kmax, struct crux_topk_ws **out)
     /* first touch now, not on the hot path */
     memset(ws->cidx, 0, (ws->cap + 1) * sizeof *ws->cidx);
     memset(ws->cval, 0, (ws->cap + 1) * sizeof *ws->cval);
+    memset(ws->ckey, 0, (ws->cap + 2) * sizeof *ws->ckey);
     memset(ws->sample, 0, ws->sample_cap * sizeof *ws->sample);
     *out = ws;
     return CRUX_SUCCESS;
@@ -254,6 +287,7 @@ void crux_topk_ws_free(struct crux_topk_ws *ws)
         return;
     free(ws->cidx);
     free(ws->cval);
+    free(ws->ckey);
     free(ws->sample);
     free(ws);
 }
@@ -301,26 +335,26 @@ size_t crux_topk(const float *x, size_t n, size_t k, uint64_t seed, struct crux_
     if (!ws || n > ws->n || k > ws->kmax || n < EXACT_BELOW) {
         if (ws)
             ws->last_path = CODEC_TOPK_EXACT;
-        return select_exact(NULL, x, n, k, idx, val);
+        return select_exact(NULL, x, n, k, NULL, 0, idx, val);
     }
 
     size_t s = take_sample(x, n, seed, ws->sample, sample_size(n));
     double z = ws->margin_z;
     for (int attempt = 0; attempt < 3; attempt++, z += 6.0) {
         size_t rank = sample_rank(k, n, s, z), greater;
-        uint32_t thr = kth_largest_key(ws->sample, s, rank, &greater);
+        uint32_t thr = kth_largest_key(ws->sample, s, rank, &greater, NULL, 0);
         size_t m = compact(x, n, thr, ws->cidx, ws->cval, ws->cap);
         if (m > ws->cap)
             break;
         if (m >= k) {
             ws->last_path = attempt == 0 ? CODEC_TOPK_SAMPLED : CODEC_TOPK_RETRIED;
-            return select_exact(ws->cidx, ws->cval, m, k, idx, val);
+            return select_exact(ws->cidx, ws->cval, m, k, ws->ckey, ws->cap + 1, idx, val);
         }
         if (rank == s) /* already kept everything the sample allows */
             break;
     }
     ws->last_path = CODEC_TOPK_FALLBACK;
-    return select_exact(NULL, x, n, k, idx, val);
+    return select_exact(NULL, x, n, k, NULL, 0, idx, val);
 }
 
 size_t crux_topk_sparse(const uint32_t *cand_idx, const float *cand_val, size_t m, size_t k,
@@ -330,5 +364,5 @@ size_t crux_topk_sparse(const uint32_t *cand_idx, const float *cand_val, size_t 
         k = m;
     if (k == 0)
         return 0;
-    return select_exact(cand_idx, cand_val, m, k, out_idx, out_val);
+    return select_exact(cand_idx, cand_val, m, k, NULL, 0, out_idx, out_val);
 }

@@ -21,6 +21,15 @@
  * columns: algbw = size / avg and busbw = algbw * 2(n-1)/n in GB/s (1e9 B/s,
  * nccl-tests convention).
  * Unlike OMB this runs with a single rank too.
+ *
+ * --codec cltk|gtopk|sketch [--density D] [--beta B] [--sketch-rows R]
+ * [--sketch-cols C] times crux_compressed_allreduce instead (float only; the
+ * compressor is created once per size, untimed; inputs are a fixed pseudo-random
+ * heavy-tailed pattern per rank). Extra columns: the mean over ranks and timed
+ * iterations of the compressor's encode, comm and decode times (us) and of the
+ * bytes each rank put on the wire. With --busbw: Algbw/Busbw are the
+ * dense-equivalent figures (the size as if sent dense), WireBW is the wire bytes a
+ * rank sent per second (already the per-rank traffic, so no 2(n-1)/n factor).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -50,6 +59,10 @@ struct opts {
     size_t min_size, max_size;
     int iters, skip, iters_large, skip_large, warmup_validation;
     int full, validate, in_place, busbw;
+    crux_compress_config_t ccfg; /* ccfg.codec == CRUX_CODEC_NONE: dense allreduce */
+    double density;
+    float beta;
+    int sketch_rows, sketch_cols;
     crux_op_t op;
     crux_datatype_t dtypes[MAX_DTYPES];
     int ndtypes;
@@ -125,6 +138,32 @@ static int parse_op(const char *s, crux_op_t *op)
     return -1;
 }
 
+static int parse_codec(const char *s, struct opts *o)
+{
+    static const struct {
+        const char *name;
+        crux_codec_t codec;
+    } codecs[] = { { "cltk", CRUX_CODEC_CLTK }, { "gtopk", CRUX_CODEC_GTOPK },
+                   { "sketch", CRUX_CODEC_SKETCH } };
+    for (size_t i = 0; i < sizeof(codecs) / sizeof(codecs[0]); i++)
+        if (!strcasecmp(s, codecs[i].name)) {
+            crux_compress_config_init(&o->ccfg, codecs[i].codec);
+            return 0;
+        }
+    return -1;
+}
+
+static int parse_double(const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
 /* A byte count with an optional binary K/M/G suffix; "" leaves *out alone. */
 static int parse_bytes(const char *s, size_t *out)
 {
@@ -189,6 +228,10 @@ static void usage(const char *prog)
            "  -o, --op OP                   sum|prod|max|min (default sum)\n"
            "  -l, --in-place                sendbuf = CRUX_IN_PLACE\n"
            "  -b, --busbw                   add algbw and busbw = algbw*2(n-1)/n columns (GB/s)\n"
+           "      --codec cltk|gtopk|sketch time crux_compressed_allreduce (float) instead\n"
+           "      --density D               kept fraction for --codec (default 0.001)\n"
+           "      --beta B                  low-pass beta for cltk (default 1 = residual)\n"
+           "      --sketch-rows R, --sketch-cols C  sketch shape (default derived)\n"
            "  -v, --version                 print the version\n"
            "  -h, --help                    this help\n",
            prog, MIN_MESSAGE_SIZE, MAX_MSG_SIZE_COLL, COLL_LOOP_SMALL, LARGE_MESSAGE_SIZE,
@@ -220,6 +263,11 @@ static enum parse_result parse_options(int argc, char **argv, struct opts *o)
         { "op", required_argument, NULL, 'o' },
         { "in-place", no_argument, NULL, 'l' },
         { "busbw", no_argument, NULL, 'b' },
+        { "codec", required_argument, NULL, 1001 },
+        { "density", required_argument, NULL, 1002 },
+        { "beta", required_argument, NULL, 1003 },
+        { "sketch-rows", required_argument, NULL, 1004 },
+        { "sketch-cols", required_argument, NULL, 1005 },
         { "version", no_argument, NULL, 'v' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -230,7 +278,8 @@ static enum parse_result parse_options(int argc, char **argv, struct opts *o)
                         .iters = COLL_LOOP_SMALL, .skip = COLL_SKIP_SMALL,
                         .iters_large = COLL_LOOP_LARGE, .skip_large = COLL_SKIP_LARGE,
                         .warmup_validation = VALIDATION_SKIP_DEFAULT, .op = CRUX_SUM,
-                        .dtypes = { CRUX_FLOAT }, .ndtypes = 1 };
+                        .dtypes = { CRUX_FLOAT }, .ndtypes = 1, .density = 0.001,
+                        .beta = 1.0f };
     opterr = 0;
     while ((c = getopt_long(argc, argv, "+m:i:x:fcu:T:d:o:lbvh", longopts, NULL)) != -1) {
         o->bad_opt = c == '?' || c == ':' ? optopt : c;
@@ -267,6 +316,29 @@ static enum parse_result parse_options(int argc, char **argv, struct opts *o)
             if (parse_op(optarg, &o->op))
                 return PARSE_BAD;
             break;
+        case 1001:
+            if (parse_codec(optarg, o))
+                return PARSE_BAD;
+            break;
+        case 1002:
+            if (parse_double(optarg, &o->density))
+                return PARSE_BAD;
+            break;
+        case 1003: {
+            double b;
+            if (parse_double(optarg, &b))
+                return PARSE_BAD;
+            o->beta = (float)b;
+            break;
+        }
+        case 1004:
+            if (parse_int(optarg, 0, &o->sketch_rows))
+                return PARSE_BAD;
+            break;
+        case 1005:
+            if (parse_int(optarg, 0, &o->sketch_cols))
+                return PARSE_BAD;
+            break;
         case 'v': return PARSE_VERSION;
         case 'h': return PARSE_HELP;
         default: return PARSE_BAD;
@@ -278,6 +350,19 @@ static enum parse_result parse_options(int argc, char **argv, struct opts *o)
         o->bad_opt = 0;
         o->bad_arg = argv[optind];
         return PARSE_BAD;
+    }
+    if (o->ccfg.codec != CRUX_CODEC_NONE) {
+        /* Compressed runs are float and their output is an estimate: no -c/-o/-l/-T. */
+        if (o->validate || o->op != CRUX_SUM || o->in_place || o->ndtypes != 1 ||
+            o->dtypes[0] != CRUX_FLOAT) {
+            o->bad_opt = 0;
+            o->bad_arg = "--codec takes neither -c, -o, -l nor a -T other than float";
+            return PARSE_BAD;
+        }
+        o->ccfg.density = o->density;
+        o->ccfg.beta = o->beta;
+        o->ccfg.sketch_rows = o->sketch_rows;
+        o->ccfg.sketch_cols = o->sketch_cols;
     }
     return o->max_size < o->min_size ? PARSE_BAD : PARSE_OK;
 }
@@ -450,6 +535,12 @@ static void print_header(const struct bench *b, crux_datatype_t dt)
         printf("%*s", FIELD_WIDTH, "Validation");
     if (o->busbw)
         printf("%*s%*s", FIELD_WIDTH, "Algbw(GB/s)", FIELD_WIDTH, "Busbw(GB/s)");
+    if (o->ccfg.codec != CRUX_CODEC_NONE) {
+        printf("%*s%*s%*s%*s", FIELD_WIDTH, "Encode(us)", FIELD_WIDTH, "Comm(us)", FIELD_WIDTH,
+               "Decode(us)", FIELD_WIDTH, "Wire(B)");
+        if (o->busbw)
+            printf("%*s", FIELD_WIDTH, "WireBW(GB/s)");
+    }
     printf("\n");
     fflush(stdout);
 }
@@ -492,6 +583,85 @@ static void prepare_validation(struct bench *b, const struct pattern *p, size_t 
     check_crux(b, crux_barrier(b->comm), "crux_barrier", size);
 }
 
+/* Heavy-tailed pseudo-random gradient, different on every rank. */
+static void fill_gradient(float *g, size_t count, int rank)
+{
+    uint64_t x = 0x9e3779b97f4a7c15ull * (uint64_t)(rank + 1);
+    for (size_t i = 0; i < count; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        double u = (double)((x >> 11) + 1) / 9007199254740993.0; /* (0, 1] */
+        float mag = (float)(1e-3 / (u * u + 1e-6));              /* a few large entries */
+        g[i] = (x & 1) ? mag : -mag;
+    }
+}
+
+static double mean_over_ranks(struct bench *b, double v, size_t size)
+{
+    double sum = 0;
+    check_crux(b, crux_allreduce(&v, &sum, 1, CRUX_DOUBLE, CRUX_SUM, b->comm),
+               "crux_allreduce (stats)", size);
+    return sum / b->nranks;
+}
+
+/* One row of crux_compressed_allreduce timings and its compressor stats. */
+static long run_size_codec(struct bench *b, size_t size)
+{
+    const struct opts *o = &b->o;
+    size_t count = size / sizeof(float);
+    int large = size > LARGE_MESSAGE_SIZE;
+    int iters = large ? o->iters_large : o->iters, skip = large ? o->skip_large : o->skip;
+    double timer = 0, enc = 0, comm = 0, dec = 0, wire = 0, mn, mx;
+    crux_compressor_t c;
+    crux_compress_stats_t st;
+
+    fill_gradient((float *)b->sendbuf, count, b->rank);
+    check_crux(b, crux_compressor_create(b->comm, count, &o->ccfg, &c), "crux_compressor_create", size);
+    check_crux(b, crux_barrier(b->comm), "crux_barrier", size);
+    for (int it = 0; it < iters + skip; it++) {
+        double t0 = crux_wtime();
+        check_crux(b, crux_compressed_allreduce(c, (const float *)b->sendbuf, (float *)b->recvbuf),
+                   "crux_compressed_allreduce", size);
+        double t1 = crux_wtime();
+        check_crux(b, crux_barrier(b->comm), "crux_barrier", size);
+        if (it < skip)
+            continue;
+        check_crux(b, crux_compressor_stats(c, &st), "crux_compressor_stats", size);
+        timer += t1 - t0;
+        enc += st.encode_s, comm += st.comm_s, dec += st.decode_s, wire += (double)st.wire_bytes;
+    }
+    check_crux(b, crux_compressor_free(&c), "crux_compressor_free", size);
+    double latency = timer * 1e6 / iters;
+    check_crux(b, crux_allreduce(&latency, &mn, 1, CRUX_DOUBLE, CRUX_MIN, b->comm),
+               "crux_allreduce (min latency)", size);
+    check_crux(b, crux_allreduce(&latency, &mx, 1, CRUX_DOUBLE, CRUX_MAX, b->comm),
+               "crux_allreduce (max latency)", size);
+    double avg = mean_over_ranks(b, latency, size);
+    enc = mean_over_ranks(b, enc * 1e6 / iters, size);
+    comm = mean_over_ranks(b, comm * 1e6 / iters, size);
+    dec = mean_over_ranks(b, dec * 1e6 / iters, size);
+    wire = mean_over_ranks(b, wire / iters, size);
+    if (b->rank == 0) {
+        printf("%-*zu%*.*f", 10, size, FIELD_WIDTH, FLOAT_PRECISION, avg);
+        if (o->full)
+            printf("%*.*f%*.*f%*lu", FIELD_WIDTH, FLOAT_PRECISION, mn, FIELD_WIDTH,
+                   FLOAT_PRECISION, mx, 12, (unsigned long)iters);
+        double secs = avg * 1e-6;
+        if (o->busbw) {
+            double algbw = secs > 0 ? (double)size / secs / 1e9 : 0.0;
+            printf("%*.*f%*.*f", FIELD_WIDTH, FLOAT_PRECISION, algbw, FIELD_WIDTH, FLOAT_PRECISION,
+                   algbw * 2.0 * (b->nranks - 1) / b->nranks);
+        }
+        printf("%*.*f%*.*f%*.*f%*.0f", FIELD_WIDTH, FLOAT_PRECISION, enc, FIELD_WIDTH,
+               FLOAT_PRECISION, comm, FIELD_WIDTH, FLOAT_PRECISION, dec, FIELD_WIDTH, wire);
+        if (o->busbw)
+            printf("%*.*f", FIELD_WIDTH, 3, secs > 0 ? wire / secs / 1e9 : 0.0);
+        printf("\n");
+        fflush(stdout);
+    }
+    check_crux(b, crux_barrier(b->comm), "crux_barrier", size);
+    return 0;
+}
+
 /* One row: returns this size's wrong-element count summed over all ranks. */
 static long run_size(struct bench *b, crux_datatype_t dt, size_t size)
 {
@@ -504,6 +674,8 @@ static long run_size(struct bench *b, crux_datatype_t dt, size_t size)
     int64_t errors = 0, total = 0;
     struct pattern p;
 
+    if (o->ccfg.codec != CRUX_CODEC_NONE)
+        return run_size_codec(b, size);
     pattern_init(&p, dt, o->op, b->nranks, b->rank);
     check_crux(b, crux_barrier(b->comm), "crux_barrier", size);
     for (int it = 0; it < iters + skip; it++) {
@@ -604,6 +776,10 @@ int main(int argc, char **argv)
     }
     if (b.rank == 0)
         printf("\n# crux OSU-compatible Allreduce Latency Test v%s\n", CRUX_VERSION_STRING);
+    if (b.rank == 0 && b.o.ccfg.codec != CRUX_CODEC_NONE)
+        printf("# Compressed: codec %s, density %g, beta %g\n",
+               b.o.ccfg.codec == CRUX_CODEC_CLTK ? "cltk" : b.o.ccfg.codec == CRUX_CODEC_GTOPK ? "gtopk" : "sketch",
+               b.o.density, (double)b.o.beta);
     for (int d = 0; d < b.o.ndtypes && failed_size == 0; d++)
         failed_size = run_dtype(&b, b.o.dtypes[d]);
 

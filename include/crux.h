@@ -98,6 +98,88 @@ int crux_iallreduce(const void *sendbuf, void *recvbuf, size_t count, crux_datat
 int crux_wait(crux_request_t *req);           /* sets *req = CRUX_REQUEST_NULL */
 int crux_test(crux_request_t *req, int *done); /* on done, *req = CRUX_REQUEST_NULL */
 
+/* ------------------------------------------------------------------------------
+ * Compressed allreduce of gradients (float32).
+ *
+ * A compressor is created once per (communicator, count, config) by every rank of
+ * the communicator, with the same count and config on every rank (checked:
+ * CRUX_ERR_MISMATCH otherwise). It owns all scratch (memories, accumulators,
+ * index/value buffers, sketch tables, encoded buffers), so a call allocates
+ * nothing. Each call computes
+ *     out = estimate of SUM over ranks of (grad + this rank's memory)
+ * and updates the memory (error feedback) with what was not sent. The vector is
+ * cut into chunks of CRUX_COMPRESS_CHUNK_BYTES; each chunk keeps
+ * k = max(1, round(density * chunk_len)) entries, and the encoding of chunk i+1
+ * overlaps the transfer of chunk i.
+ *
+ *  - CRUX_CODEC_CLTK (ScaleCom): at call t the leader is rank t mod P; its top-k
+ *    indices (of memory + grad) are broadcast and every rank contributes its
+ *    values there; out = the sums at those indices, 0 elsewhere.
+ *  - CRUX_CODEC_GTOPK: local top-k, merged pairwise up a tree (sum on the union,
+ *    re-select top-k), the global top-k broadcast back; out = its sums.
+ *  - CRUX_CODEC_SKETCH: Count Sketches of memory + grad are summed; the k heavy
+ *    hitters of the summed sketch are the shared indices of a second round that
+ *    sums the exact values there.
+ *
+ * Results are bit-identical on all ranks and from run to run: values are summed
+ * by the dense allreduce (its fixed order) or by the fixed tree of gTop-k.
+ * Calls must not overlap nonblocking requests on the same communicator.
+ * ------------------------------------------------------------------------------ */
+typedef enum {
+    CRUX_CODEC_NONE,
+    CRUX_CODEC_CLTK, /* ScaleCom cyclic local top-k */
+    CRUX_CODEC_GTOPK,
+    CRUX_CODEC_TOPK, /* DGC-style, allgather (not yet: CRUX_ERR_UNSUPPORTED) */
+    CRUX_CODEC_SKETCH,
+    CRUX_CODEC_QSGD /* not yet: CRUX_ERR_UNSUPPORTED */
+} crux_codec_t;
+
+typedef enum {
+    CRUX_MEMORY_NONE,     /* unsent mass is dropped */
+    CRUX_MEMORY_RESIDUAL, /* error feedback: memory = what was not sent */
+    CRUX_MEMORY_LOWPASS,  /* ScaleCom: memory = (1-beta) memory + beta (acc - sent) */
+    CRUX_MEMORY_MOMENTUM  /* DGC momentum correction (not yet: CRUX_ERR_UNSUPPORTED) */
+} crux_memory_t;
+
+typedef struct {
+    crux_codec_t codec;
+    crux_memory_t memory;
+    double density;               /* kept fraction, in (0, 1], e.g. 0.001 */
+    float beta;                   /* low-pass coefficient in (0, 1] (1 = residual) */
+    int sketch_rows, sketch_cols; /* rows 1..8, cols per chunk; 0 = derived from density */
+    int qsgd_levels;
+    uint64_t seed;                /* selection sampling and sketch hashes */
+} crux_compress_config_t;
+
+/* Defaults for codec: density 0.001, memory LOWPASS with beta 1 for CLT-k (set
+ * beta < 1 for ScaleCom's filter), RESIDUAL otherwise; sketch 5 rows x derived
+ * columns; seed 0x5eed. */
+void crux_compress_config_init(crux_compress_config_t *cfg, crux_codec_t codec);
+
+typedef struct crux_compressor *crux_compressor_t;
+/* Collective over comm. CRUX_ERR_ARG names a bad config field; unsupported codecs
+ * or memories give CRUX_ERR_UNSUPPORTED; ranks with different count or config get
+ * CRUX_ERR_MISMATCH (all of them). count 0 is an error (nothing to compress). */
+int crux_compressor_create(crux_comm_t comm, size_t count, const crux_compress_config_t *cfg,
+                           crux_compressor_t *out);
+/* out = estimate of the SUM over ranks of grad (+ this rank's memory); identical on
+ * all ranks. grad and out hold count floats; out may equal grad. */
+int crux_compressed_allreduce(crux_compressor_t c, const float *grad, float *out);
+
+typedef struct {
+    uint64_t wire_bytes;  /* bytes this rank sent: indices + values + sketches */
+    uint64_t dense_bytes; /* what a dense allreduce would carry: count * 4 */
+    double encode_s;      /* CPU time in accumulate / select / sketch / gather */
+    double comm_s;        /* time transfers were in flight (overlaps encode) */
+    double decode_s;      /* scatter into out and memory update */
+    double total_s;       /* wall time of the call: < encode_s + comm_s when overlapped */
+    size_t nnz;           /* non-zeros sent in the result (sum of k over chunks) */
+} crux_compress_stats_t;
+/* Statistics of the last crux_compressed_allreduce on c (zeros before the first). */
+int crux_compressor_stats(crux_compressor_t c, crux_compress_stats_t *last_call);
+/* Local: frees everything and sets *c = NULL (NULL is fine). */
+int crux_compressor_free(crux_compressor_t *c);
+
 /* Size in bytes of one element of a datatype (0 for an invalid one). */
 size_t crux_datatype_size(crux_datatype_t dtype);
 

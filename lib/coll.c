@@ -30,7 +30,7 @@ uint64_t crux_coll_sig(enum crux_coll_kind kind, int algo, crux_datatype_t dtype
 static const char *coll_kind_name(unsigned k)
 {
     static const char *names[] = { "?", "allreduce", "reduce_scatter_block", "allgather",
-                                   "bcast", "barrier", "comm_split" };
+                                   "bcast", "barrier", "comm_split", "compressed" };
     return k < sizeof(names) / sizeof(names[0]) ? names[k] : "?";
 }
 

@@ -83,6 +83,10 @@ const struct crux_param crux_params[] = {
     {"TIMEOUT", CRUX_PARAM_SECONDS, "300", OFF(timeout_s), NULL,
      "Seconds a collective call may take before failing with CRUX_ERR_TIMEOUT when a peer "
      "stalls; a peer that dies is reported as CRUX_ERR_PEER."},
+    {"COMPRESS_CHUNK_BYTES", CRUX_PARAM_SIZE, "4M", OFF(compress_chunk_bytes), "256..1G, multiple of 4",
+     "Compressed allreduce (crux_compressed_allreduce) cuts the gradient into chunks of this many "
+     "bytes; each keeps density x its length entries, and encoding chunk i+1 overlaps sending "
+     "chunk i. Compressors created with different values on different ranks fail to create."},
 };
 const size_t crux_nparams = sizeof(crux_params) / sizeof(crux_params[0]);
 

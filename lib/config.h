@@ -31,6 +31,7 @@ struct crux_config {
     int algo;                /* CRUX_ALGO: enum crux_algo_kind */
     size_t ring_min_bytes;   /* CRUX_RING_MIN_BYTES: auto switches recdbl -> ring at this size */
     double timeout_s;        /* CRUX_TIMEOUT */
+    size_t compress_chunk_bytes; /* CRUX_COMPRESS_CHUNK_BYTES: compressed allreduce chunk */
 };
 
 enum crux_param_type {

@@ -76,7 +76,8 @@ enum crux_coll_kind {
     CRUX_COLL_ALLGATHER,
     CRUX_COLL_BCAST,
     CRUX_COLL_BARRIER,
-    CRUX_COLL_SPLIT
+    CRUX_COLL_SPLIT,
+    CRUX_COLL_COMPRESSED /* lib/compress.c: index broadcasts, gTop-k trees */
 };
 
 /* One collective call in flight: arguments plus the schedule's state. */

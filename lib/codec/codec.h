@@ -24,7 +24,7 @@ void crux_topk_ws_free(struct crux_topk_ws *ws);
  * no full sort. Output indices are strictly ascending; val[j] = x[idx[j]].
  * Tie rule: among entries of equal |x| at the k-th boundary, the lower index wins.
  * NaN compares as the largest magnitude (so it is never silently dropped).
- * Returns the number of entries written. */
+ * val may be NULL (indices only). Returns the number of entries written. */
 size_t crux_topk(const float *x, size_t n, size_t k, uint64_t seed,
                  struct crux_topk_ws *ws, uint32_t *idx, float *val);
 

@@ -1,0 +1,242 @@
+/* codec_bench.c - throughput of the compression kernels (lib/codec) per core, beside a
+ * memory-bandwidth figure measured in the same run.
+ *
+ *   codec_bench [-n elements] [-i avx512|avx2|scalar|all] [-t seconds]
+ *
+ * GB/s = 4 * n bytes (the dense float vector the kernel stands for) / time, whatever the
+ * kernel really moves; so every row compares directly with "read pass" (sum |x| over the
+ * same n floats). Each figure is the best of 3 windows of at least -t seconds (default
+ * 0.05). Input: heavy-tailed (ratio of uniforms, like a Student-t), fixed seed.
+ * Default sizes n = 1M and 16M (the issue's 25.6M: -n 25600000).
+ * Time is this thread's CPU time (CLOCK_THREAD_CPUTIME_ID): the machine is shared, and
+ * "per core" is what the kernels cost, not how long they waited for one.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "codec/codec.h"
+#include "codec/codec_isa.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void fill_heavy(float *x, size_t n, uint64_t seed)
+{
+    uint64_t s = seed;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t r = rng_next(&s);
+        double u = ((double)(r >> 40) + 0.5) / (double)(1ull << 24);
+        double v = (double)((r >> 8) & 0xffff) / 65536.0 - 0.5;
+        x[i] = (float)(v / u * 1e-3);
+    }
+}
+
+static double min_window = 0.05;
+static volatile float sink;
+
+/* Best-of-3 seconds per call of fn(ctx). */
+#define TIME_IT(best, stmt)                                                                        \
+    do {                                                                                           \
+        best = 1e30;                                                                               \
+        for (int rep_ = 0; rep_ < 3; rep_++) {                                                     \
+            long calls_ = 0;                                                                       \
+            double t0_ = now(), el_;                                                               \
+            do {                                                                                   \
+                stmt;                                                                              \
+                calls_++;                                                                          \
+            } while ((el_ = now() - t0_) < min_window);                                            \
+            if (el_ / (double)calls_ < best)                                                       \
+                best = el_ / (double)calls_;                                                       \
+        }                                                                                          \
+    } while (0)
+
+static float read_pass(const float *x, size_t n)
+{
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += fabsf(x[i]);
+        s1 += fabsf(x[i + 1]);
+        s2 += fabsf(x[i + 2]);
+        s3 += fabsf(x[i + 3]);
+    }
+    for (; i < n; i++)
+        s0 += fabsf(x[i]);
+    return s0 + s1 + s2 + s3;
+}
+
+static void row(const char *what, size_t n, double sec, double ref_gbs)
+{
+    double gbs = 4.0 * (double)n / sec / 1e9;
+    printf("%-44s %10zu %10.3f %8.2f %6.2f\n", what, n, sec * 1e3, gbs, gbs / ref_gbs);
+}
+
+/* The ISA asked for, or with "all" the best this CPU has, for the rows after top-k. */
+static void use_best_isa(const char *isa_arg)
+{
+    if (strcmp(isa_arg, "all") && crux_codec_force_isa(isa_arg) == 0)
+        return;
+    if (crux_codec_force_isa("avx512") && crux_codec_force_isa("avx2"))
+        crux_codec_force_isa("scalar");
+}
+
+static void bench_size(size_t n, const char *isa_arg)
+{
+    float *x = aligned_alloc(64, n * 4), *m = aligned_alloc(64, n * 4);
+    float *acc = aligned_alloc(64, n * 4), *g = aligned_alloc(64, n * 4);
+    float *est = aligned_alloc(64, n * 4);
+    if (!x || !m || !acc || !g || !est) {
+        fprintf(stderr, "codec_bench: out of memory for n=%zu\n", n);
+        exit(1);
+    }
+    fill_heavy(x, n, 1);
+    fill_heavy(g, n, 2);
+    memset(m, 0, n * 4);
+    memset(acc, 0, n * 4);
+    memset(est, 0, n * 4);
+    double t;
+    TIME_IT(t, sink = read_pass(x, n));
+    double ref = 4.0 * (double)n / t / 1e9;
+    printf("\n# n = %zu floats (%.1f MB); columns: kernel, n, ms, GB/s (4n/time), ratio to read pass\n",
+           n, 4.0 * (double)n / 1e6);
+    row("read pass (sum |x|)", n, t, ref);
+    TIME_IT(t, crux_mem_accumulate(acc, m, g, n));
+    row("memory pass acc = m + g (read 2, write 1)", n, t, ref);
+
+    static const double dens[] = {0.001, 0.01};
+    const char *isas[] = {"avx512", "avx2", "scalar"};
+    for (int d = 0; d < 2; d++) {
+        size_t k = (size_t)((double)n * dens[d]);
+        struct crux_topk_ws *ws;
+        if (crux_topk_ws_create(n, k, &ws)) {
+            fprintf(stderr, "codec_bench: workspace\n");
+            exit(1);
+        }
+        uint32_t *idx = malloc(k * 4), *idx2 = malloc(k * 4), *mi = malloc(2 * k * 4);
+        float *val = malloc(k * 4), *val2 = malloc(k * 4), *mv = malloc(2 * k * 4);
+        uint8_t *wire = malloc(crux_idx_encode_bound(k, n));
+        char name[96];
+        for (int is = 0; is < 3; is++) {
+            if (strcmp(isa_arg, "all") && strcmp(isa_arg, isas[is]))
+                continue;
+            if (crux_codec_force_isa(isas[is]))
+                continue;
+            snprintf(name, sizeof name, "topk d=%g (%s)", dens[d], isas[is]);
+            TIME_IT(t, crux_topk(x, n, k, 7, ws, idx, val));
+            row(name, n, t, ref);
+        }
+        use_best_isa(isa_arg);
+        crux_topk(x, n, k, 7, ws, idx, val);
+        snprintf(name, sizeof name, "fused EF: acc=m+g, topk, residual d=%g", dens[d]);
+        TIME_IT(t, (crux_mem_accumulate(acc, m, g, n), crux_topk(acc, n, k, 7, ws, idx, val),
+                    crux_mem_residual(m, acc, idx, k, n)));
+        row(name, n, t, ref);
+        memset(m, 0, n * 4);
+        size_t len = crux_idx_encode(idx, k, n, wire);
+        snprintf(name, sizeof name, "idx encode d=%g (%zu B, fmt %u)", dens[d], len, wire[0]);
+        TIME_IT(t, sink = (float)crux_idx_encode(idx, k, n, wire));
+        row(name, n, t, ref);
+        size_t kk;
+        snprintf(name, sizeof name, "idx decode d=%g", dens[d]);
+        TIME_IT(t, sink = (float)crux_idx_decode(wire, len, n, idx2, k, &kk));
+        row(name, n, t, ref);
+        /* a second selection half overlapping the first */
+        crux_topk(g, n, k, 7, ws, idx2, val2);
+        snprintf(name, sizeof name, "sparse merge of two k-lists d=%g", dens[d]);
+        TIME_IT(t, sink = (float)crux_sparse_merge(idx, val, k, idx2, val2, k, mi, mv));
+        row(name, n, t, ref);
+        snprintf(name, sizeof name, "gather k d=%g", dens[d]);
+        TIME_IT(t, crux_gather(x, idx, k, val2));
+        row(name, n, t, ref);
+        free(idx); free(idx2); free(mi); free(val); free(val2); free(mv); free(wire);
+        crux_topk_ws_free(ws);
+    }
+    use_best_isa(isa_arg);
+
+    uint32_t *iv = malloc(n / 100 * 4 + 4);
+    size_t kk = n / 100;
+    for (size_t j = 0; j < kk; j++)
+        iv[j] = (uint32_t)(j * 100);
+    TIME_IT(t, crux_mem_residual(m, acc, iv, kk, n));
+    row("residual (mem = acc, zero 1%)", n, t, ref);
+    TIME_IT(t, crux_mem_lowpass(m, acc, iv, kk, n, 0.5f));
+    row("lowpass beta=0.5 (1% sent)", n, t, ref);
+    memset(m, 0, n * 4);
+    memset(est, 0, n * 4);
+    TIME_IT(t, crux_mem_momentum(m, est, g, n, 0.9f));
+    row("DGC momentum u=m*u+g, v+=u", n, t, ref);
+
+    /* Count Sketch: shapes from LIMITS.md section 3; recall of the true top-0.1%. */
+    static const int shapes[][2] = {{5, 52428}, {5, 209715}, {3, 87381}, {3, 349525}};
+    size_t k = n / 1000;
+    struct crux_topk_ws *ws;
+    crux_topk_ws_create(n, k, &ws);
+    uint32_t *truth = malloc(k * 4), *hh = malloc(k * 4);
+    crux_topk(x, n, k, 7, ws, truth, NULL);
+    for (int s = 0; s < 4; s++) {
+        struct crux_sketch sk;
+        if (crux_sketch_init(&sk, shapes[s][0], shapes[s][1], 5))
+            exit(1);
+        char name[96];
+        double kib = (double)shapes[s][0] * shapes[s][1] * 4 / 1024;
+        snprintf(name, sizeof name, "sketch accumulate %dx%d (%.0f KiB)", shapes[s][0], shapes[s][1], kib);
+        TIME_IT(t, (crux_sketch_zero(&sk), crux_sketch_accumulate(&sk, x, n, 0)));
+        row(name, n, t, ref);
+        snprintf(name, sizeof name, "sketch estimate all %dx%d", shapes[s][0], shapes[s][1]);
+        TIME_IT(t, crux_sketch_estimate(&sk, n, est));
+        row(name, n, t, ref);
+        size_t got = crux_sketch_heavy(&sk, n, k, 7, ws, est, hh);
+        size_t hit = 0;
+        for (size_t a = 0, b = 0; a < got && b < k;) { /* both ascending */
+            if (hh[a] == truth[b]) { hit++; a++; b++; }
+            else if (hh[a] < truth[b]) a++;
+            else b++;
+        }
+        printf("%-44s recall of true top-0.1%%: %.3f\n", "", (double)hit / (double)k);
+        crux_sketch_free(&sk);
+    }
+    free(truth); free(hh); free(iv);
+    crux_topk_ws_free(ws);
+    free(x); free(m); free(acc); free(g); free(est);
+}
+
+int main(int argc, char **argv)
+{
+    size_t sizes[4] = {1u << 20, 16u << 20};
+    int nsizes = 2;
+    const char *isa = "all";
+    for (int a = 1; a + 1 < argc; a += 2) {
+        if (!strcmp(argv[a], "-n")) {
+            if (nsizes == 2 && sizes[0] == (1u << 20))
+                nsizes = 0;
+            if (nsizes < 4)
+                sizes[nsizes++] = strtoull(argv[a + 1], NULL, 10);
+        } else if (!strcmp(argv[a], "-i")) {
+            isa = argv[a + 1];
+        } else if (!strcmp(argv[a], "-t")) {
+            min_window = atof(argv[a + 1]);
+        } else {
+            fprintf(stderr, "usage: codec_bench [-n elements]... [-i avx512|avx2|scalar|all] [-t s]\n");
+            return 2;
+        }
+    }
+    printf("# codec_bench: default ISA %s, one thread\n", crux_codec_isa());
+    for (int s = 0; s < nsizes; s++)
+        bench_size(sizes[s], isa);
+    return 0;
+}

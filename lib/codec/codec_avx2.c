@@ -1,0 +1,100 @@
+/* codec_avx2.c - AVX2 (+BMI2) codec kernels, bit-identical to the scalar ones in topk.c
+ * and sketch.c; called only after the dispatcher (topk.c) saw the CPU support them. */
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include "codec/codec_isa.h"
+
+#define T256 __attribute__((target("avx2,bmi2")))
+
+/* Lane indices of the set bits of an 8-bit mask, packed to the front: spread each mask
+ * bit to a byte (pdep), pull the matching bytes of 0..7 out (pext), widen to 8 lanes. */
+static inline __attribute__((always_inline)) T256 __m256i compress_perm(unsigned mask)
+{
+    uint64_t bytes = _pdep_u64(mask, 0x0101010101010101ull) * 0xffu;
+    uint64_t lanes = _pext_u64(0x0706050403020100ull, bytes);
+    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)lanes));
+}
+
+T256 size_t codec_compact_avx2(const float *x, size_t n, uint32_t thr, uint32_t *idx,
+                               float *val, size_t cap)
+{
+    const __m256i absmask = _mm256_set1_epi32(0x7fffffff);
+    /* key >= thr  <=>  abs bits > thr - 1 (signed; abs bits are non-negative, thr-1 >= -1) */
+    const __m256i below = _mm256_set1_epi32((int)thr - 1);
+    const __m256i step = _mm256_set1_epi32(8);
+    __m256i iv = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    size_t i = 0, cnt = 0;
+    for (; i + 32 <= n && cnt + 32 <= cap; i += 32) {
+        __m256i b0 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i)), absmask);
+        __m256i b1 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i + 8)), absmask);
+        __m256i b2 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i + 16)), absmask);
+        __m256i b3 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i + 24)), absmask);
+        __m256i g0 = _mm256_cmpgt_epi32(b0, below), g1 = _mm256_cmpgt_epi32(b1, below);
+        __m256i g2 = _mm256_cmpgt_epi32(b2, below), g3 = _mm256_cmpgt_epi32(b3, below);
+        __m256i any = _mm256_or_si256(_mm256_or_si256(g0, g1), _mm256_or_si256(g2, g3));
+        if (_mm256_testz_si256(any, any)) { /* the common case at low density */
+            iv = _mm256_add_epi32(iv, _mm256_set1_epi32(32));
+            continue;
+        }
+        const __m256i g[4] = {g0, g1, g2, g3};
+        for (int q = 0; q < 4; q++) { /* branch-free, as in codec_avx512.c */
+            unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g[q]));
+            __m256i perm = compress_perm(m);
+            __m256 v = _mm256_loadu_ps(x + i + 8 * (size_t)q);
+            _mm256_storeu_ps(val + cnt, _mm256_permutevar8x32_ps(v, perm));
+            _mm256_storeu_si256((__m256i *)(idx + cnt), _mm256_permutevar8x32_epi32(iv, perm));
+            cnt += (size_t)__builtin_popcount(m);
+            iv = _mm256_add_epi32(iv, step);
+        }
+    }
+    size_t rest = codec_compact_scalar(x + i, n - i, thr, idx + cnt, val + cnt, cap - cnt);
+    if (rest > cap - cnt)
+        return cap + 1;
+    for (size_t j = cnt; j < cnt + rest; j++)
+        idx[j] += (uint32_t)i;
+    return cnt + rest;
+}
+
+/* a*i + b mod 2^64 for the four 32-bit i in the low halves of the 64-bit lanes of iv
+ * (a = ah*2^32 + al, so a*i = al*i + ((ah*i) << 32)). */
+static inline __attribute__((always_inline)) T256 __m256i mad64(__m256i iv, __m256i al,
+                                                                __m256i ah, __m256i b)
+{
+    __m256i lo = _mm256_mul_epu32(iv, al);
+    __m256i hi = _mm256_slli_epi64(_mm256_mul_epu32(iv, ah), 32);
+    return _mm256_add_epi64(_mm256_add_epi64(lo, hi), b);
+}
+
+T256 void codec_hash_avx2(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
+                          uint32_t *col, uint32_t *sgn)
+{
+    const uint64_t a = s->hash_a[row], sa = s->sign_a[row];
+    const __m256i al = _mm256_set1_epi64x((long long)(a & 0xffffffffu));
+    const __m256i ah = _mm256_set1_epi64x((long long)(a >> 32));
+    const __m256i b = _mm256_set1_epi64x((long long)s->hash_b[row]);
+    const __m256i sal = _mm256_set1_epi64x((long long)(sa & 0xffffffffu));
+    const __m256i sah = _mm256_set1_epi64x((long long)(sa >> 32));
+    const __m256i sb = _mm256_set1_epi64x((long long)s->sign_b[row]);
+    const __m256i cols = _mm256_set1_epi64x((long long)(uint32_t)s->cols);
+    const __m256i lo32 = _mm256_set1_epi64x(0xffffffffll);
+    const __m256i sign_lo = _mm256_set1_epi64x(0x80000000ll);
+    const __m256i sign_hi = _mm256_set1_epi64x((long long)0x8000000000000000ull);
+    __m256i iv = _mm256_add_epi32(_mm256_set1_epi32((int)base), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    size_t t = 0;
+    for (; t + 8 <= cnt; t += 8) {
+        __m256i ie = iv, io = _mm256_srli_epi64(iv, 32); /* elements 0,2,4,6 and 1,3,5,7 */
+        __m256i he = _mm256_srli_epi64(mad64(ie, al, ah, b), 32);
+        __m256i ho = _mm256_srli_epi64(mad64(io, al, ah, b), 32);
+        __m256i ce = _mm256_srli_epi64(_mm256_mul_epu32(he, cols), 32);
+        __m256i co = _mm256_andnot_si256(lo32, _mm256_mul_epu32(ho, cols)); /* high dword */
+        _mm256_storeu_si256((__m256i *)(col + t), _mm256_or_si256(ce, co));
+        __m256i se = _mm256_and_si256(_mm256_srli_epi64(mad64(ie, sal, sah, sb), 32), sign_lo);
+        __m256i so = _mm256_and_si256(mad64(io, sal, sah, sb), sign_hi);
+        _mm256_storeu_si256((__m256i *)(sgn + t), _mm256_or_si256(se, so));
+        iv = _mm256_add_epi32(iv, _mm256_set1_epi32(8));
+    }
+    if (t < cnt)
+        codec_hash_scalar(s, row, base + (uint32_t)t, cnt - t, col + t, sgn + t);
+}
+#endif

@@ -1,0 +1,69 @@
+/* codec_isa.h - private to lib/codec and its tests: runtime ISA dispatch of the codec
+ * kernels and the per-ISA entry points. Every path gives bit-identical results. */
+#ifndef CRUX_CODEC_ISA_H
+#define CRUX_CODEC_ISA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "codec/codec.h"
+
+enum codec_isa { CODEC_ISA_UNKNOWN = 0, CODEC_ISA_SCALAR, CODEC_ISA_AVX2, CODEC_ISA_AVX512 };
+
+/* The implementation in use: "avx512", "avx2" or "scalar". */
+const char *crux_codec_isa(void);
+/* Test/bench hook: force "avx512", "avx2" or "scalar"; 0, or -1 if this CPU can't. */
+int crux_codec_force_isa(const char *isa);
+int crux_codec_active_isa(void);
+
+/* Magnitude key of a float: |x|'s bit pattern, with every NaN mapped to one key above
+ * +inf, so unsigned order of keys is magnitude order and NaN is the largest. */
+#define CODEC_KEY_NAN 0x7f800001u
+static inline uint32_t codec_key_bits(uint32_t bits)
+{
+    uint32_t a = bits & 0x7fffffffu;
+    return a > CODEC_KEY_NAN ? CODEC_KEY_NAN : a;
+}
+
+/* Compaction: append (i, x[i]) for every i < n with key(x[i]) >= thr (thr <= CODEC_KEY_NAN),
+ * ascending. Returns the count, or cap + 1 (and stops) if more than cap entries qualify. */
+size_t codec_compact_scalar(const float *x, size_t n, uint32_t thr, uint32_t *idx, float *val,
+                            size_t cap);
+size_t codec_compact_avx2(const float *x, size_t n, uint32_t thr, uint32_t *idx, float *val,
+                          size_t cap);
+size_t codec_compact_avx512(const float *x, size_t n, uint32_t thr, uint32_t *idx, float *val,
+                            size_t cap);
+
+/* Which way the last crux_topk on ws went (tests check every way gives the same result). */
+enum codec_topk_path {
+    CODEC_TOPK_EXACT = 0,  /* small n, k > kmax or n > ws->n: radix select on all of x */
+    CODEC_TOPK_SAMPLED,    /* sampled threshold, one compaction pass, fix-up */
+    CODEC_TOPK_RETRIED,    /* first pass kept fewer than k: lower threshold, another pass */
+    CODEC_TOPK_FALLBACK    /* the estimate failed (too many or too few): exact on all of x */
+};
+int codec_topk_last_path(const struct crux_topk_ws *ws);
+/* Safety margin of the sampled threshold in binomial standard deviations (default 3). */
+void codec_topk_set_margin(struct crux_topk_ws *ws, double z);
+
+/* Sketch hashing of row `row` for global indices base .. base+cnt-1:
+ * col[t] = column, sgn[t] = 0x80000000 if the sign is negative else 0. */
+void codec_hash_scalar(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
+                       uint32_t *col, uint32_t *sgn);
+void codec_hash_avx2(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
+                     uint32_t *col, uint32_t *sgn);
+void codec_hash_avx512(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
+                       uint32_t *col, uint32_t *sgn);
+
+/* The multiply-shift hash all paths implement: 64-bit a*i + b, top 32 bits, mapped to
+ * [0, cols) by a 32x32->64 multiply (fastrange); sign = top bit of sa*i + sb. */
+static inline uint32_t codec_hash_col(uint64_t a, uint64_t b, uint32_t cols, uint32_t i)
+{
+    uint32_t h = (uint32_t)((a * i + b) >> 32);
+    return (uint32_t)(((uint64_t)h * cols) >> 32);
+}
+static inline uint32_t codec_hash_sign(uint64_t a, uint64_t b, uint32_t i)
+{
+    return (uint32_t)((a * i + b) >> 32) & 0x80000000u;
+}
+
+#endif

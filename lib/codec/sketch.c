@@ -1,0 +1,186 @@
+/* sketch.c - Count Sketch (codec.h): r x c table, seeded multiply-shift hashes.
+ *
+ * Row j sends index i to column fastrange(hi32(a_j*i + b_j), c) with sign bit
+ * hi32(sa_j*i + sb_j) >> 31 (codec_isa.h), a_j and sa_j odd. x is processed in blocks
+ * of BLOCK elements: the hashes of a block are computed in vector lanes (AVX-512 / AVX2 /
+ * scalar, identical integers), then the signed values are added to the row with scalar
+ * stores. Every cell receives its additions in increasing i on every path, so tables
+ * are bit-identical whatever the ISA.
+ * The median of an even number of rows is the mean of the two middle estimates.
+ */
+#include <stdlib.h>
+#include <string.h>
+#ifdef __SSE2__
+#include <immintrin.h>
+#endif
+
+#include "codec/codec_isa.h"
+#include "crux.h"
+#include "log.h"
+
+#define BLOCK 512
+
+static uint64_t splitmix64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+int crux_sketch_init(struct crux_sketch *s, int rows, int cols, uint64_t seed)
+{
+    memset(s, 0, sizeof *s);
+    if (rows < 1 || rows > 8 || cols < 1) {
+        crux_error(CRUX_SUBSYS_CODEC, "count sketch of %d x %d: rows must be 1..8, cols >= 1",
+                   rows, cols);
+        return CRUX_ERR_ARG;
+    }
+    size_t bytes = (size_t)rows * (size_t)cols * sizeof(float);
+    bytes = (bytes + 63) / 64 * 64;
+    s->table = aligned_alloc(64, bytes);
+    if (!s->table) {
+        crux_error(CRUX_SUBSYS_CODEC, "count sketch table of %zu bytes: out of memory", bytes);
+        return CRUX_ERR_NOMEM;
+    }
+    memset(s->table, 0, bytes);
+    s->rows = rows;
+    s->cols = cols;
+    uint64_t st = seed;
+    for (int j = 0; j < rows; j++) {
+        s->hash_a[j] = splitmix64(&st) | 1;
+        s->hash_b[j] = splitmix64(&st);
+        s->sign_a[j] = splitmix64(&st) | 1;
+        s->sign_b[j] = splitmix64(&st);
+    }
+    return CRUX_SUCCESS;
+}
+
+void crux_sketch_free(struct crux_sketch *s)
+{
+    free(s->table);
+    s->table = NULL;
+}
+
+void crux_sketch_zero(struct crux_sketch *s)
+{
+    memset(s->table, 0, (size_t)s->rows * (size_t)s->cols * sizeof(float));
+}
+
+void codec_hash_scalar(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
+                       uint32_t *col, uint32_t *sgn)
+{
+    for (size_t t = 0; t < cnt; t++) {
+        uint32_t i = base + (uint32_t)t;
+        col[t] = codec_hash_col(s->hash_a[row], s->hash_b[row], (uint32_t)s->cols, i);
+        sgn[t] = codec_hash_sign(s->sign_a[row], s->sign_b[row], i);
+    }
+}
+
+static void hash_block(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
+                       uint32_t *col, uint32_t *sgn)
+{
+    switch (crux_codec_active_isa()) {
+#if defined(__x86_64__)
+    case CODEC_ISA_AVX512: codec_hash_avx512(s, row, base, cnt, col, sgn); return;
+    case CODEC_ISA_AVX2: codec_hash_avx2(s, row, base, cnt, col, sgn); return;
+#endif
+    default: codec_hash_scalar(s, row, base, cnt, col, sgn); return;
+    }
+}
+
+static inline float flip(float v, uint32_t sign)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    u ^= sign;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+void crux_sketch_accumulate(struct crux_sketch *s, const float *x, size_t n, uint32_t base)
+{
+    uint32_t col[BLOCK], sgn[BLOCK];
+    for (size_t off = 0; off < n; off += BLOCK) {
+        size_t cnt = n - off < BLOCK ? n - off : BLOCK;
+        for (int j = 0; j < s->rows; j++) {
+            float *row = s->table + (size_t)j * (size_t)s->cols;
+            hash_block(s, j, base + (uint32_t)off, cnt, col, sgn);
+            for (size_t t = 0; t < cnt; t++)
+                row[col[t]] += flip(x[off + t], sgn[t]);
+        }
+    }
+}
+
+/* Compare-exchange of two rows of lanes: lo = a < b ? a : b (exactly MINPS), hi =
+ * b > a ? b : a (MAXPS(b, a)); with SSE explicitly, as the compiler emits branches
+ * otherwise, which mispredict on random estimates. */
+static void cmp_swap(float *restrict lo, float *restrict hi, size_t cnt)
+{
+    size_t t = 0;
+#ifdef __SSE2__
+    for (; t + 4 <= cnt; t += 4) {
+        __m128 a = _mm_loadu_ps(lo + t), b = _mm_loadu_ps(hi + t);
+        _mm_storeu_ps(lo + t, _mm_min_ps(a, b));
+        _mm_storeu_ps(hi + t, _mm_max_ps(b, a));
+    }
+#endif
+    for (; t < cnt; t++) {
+        float a = lo[t], b = hi[t];
+        lo[t] = a < b ? a : b;
+        hi[t] = b > a ? b : a;
+    }
+}
+
+/* Odd-even transposition sort of e[0..r) per lane (r passes sort r values). The same
+ * network serves one element (query) and a block (estimate): identical results. */
+static void sort_rows(float (*e)[BLOCK], int r, size_t cnt)
+{
+    for (int p = 0; p < r; p++)
+        for (int j = p & 1; j + 1 < r; j += 2)
+            cmp_swap(e[j], e[j + 1], cnt);
+}
+
+static inline float median_sorted(float (*e)[BLOCK], int r, size_t t)
+{
+    if (r & 1)
+        return e[r / 2][t];
+    return 0.5f * (e[r / 2 - 1][t] + e[r / 2][t]);
+}
+
+float crux_sketch_query(const struct crux_sketch *s, uint32_t i)
+{
+    float e[8][BLOCK];
+    for (int j = 0; j < s->rows; j++) {
+        uint32_t c = codec_hash_col(s->hash_a[j], s->hash_b[j], (uint32_t)s->cols, i);
+        uint32_t g = codec_hash_sign(s->sign_a[j], s->sign_b[j], i);
+        e[j][0] = flip(s->table[(size_t)j * (size_t)s->cols + c], g);
+    }
+    sort_rows(e, s->rows, 1);
+    return median_sorted(e, s->rows, 0);
+}
+
+void crux_sketch_estimate(const struct crux_sketch *s, size_t n, float *est)
+{
+    float e[8][BLOCK];
+    uint32_t col[BLOCK], sgn[BLOCK];
+    for (size_t off = 0; off < n; off += BLOCK) {
+        size_t cnt = n - off < BLOCK ? n - off : BLOCK;
+        for (int j = 0; j < s->rows; j++) {
+            const float *row = s->table + (size_t)j * (size_t)s->cols;
+            hash_block(s, j, (uint32_t)off, cnt, col, sgn);
+            for (size_t t = 0; t < cnt; t++)
+                e[j][t] = flip(row[col[t]], sgn[t]);
+        }
+        sort_rows(e, s->rows, cnt);
+        for (size_t t = 0; t < cnt; t++)
+            est[off + t] = median_sorted(e, s->rows, t);
+    }
+}
+
+size_t crux_sketch_heavy(const struct crux_sketch *s, size_t n, size_t k, uint64_t seed,
+                         struct crux_topk_ws *ws, float *est, uint32_t *idx)
+{
+    crux_sketch_estimate(s, n, est);
+    return crux_topk(est, n, k, seed, ws, idx, NULL);
+}

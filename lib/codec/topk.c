@@ -1,0 +1,367 @@
+/* topk.c - exact top-k by magnitude (codec.h) and the codec's runtime ISA dispatch.
+ *
+ * crux_topk, in the common case two passes over x, no sort of n:
+ *  1. Threshold from a seeded sample: ~n/1000 elements (at least 4096) taken as runs
+ *     of 64 from random offsets in equal strata (cache-line friendly); the threshold
+ *     is the sample's ks-th largest key, ks = expected rank of the k-th entry plus
+ *     3 binomial standard deviations, so the pass keeps ~k(1+margin) and is rarely short.
+ *  2. One vectorised compaction pass writes (idx, val) of every entry whose key is
+ *     >= threshold into the workspace (ascending by construction).
+ *  3. Exact-k fix-up on the survivors: radix-select their k-th largest key T (three
+ *     histogram passes over the small candidate set), then keep key > T and the
+ *     lowest-index entries with key == T. Too few survivors -> a lower threshold and
+ *     another pass (twice at most); too many for the workspace -> the exact path.
+ * The exact path (small n, k > kmax, no workspace, or a failed estimate) radix-selects
+ * on all of x (3 histogram passes) and sweeps once. Both paths apply the same rule, so
+ * the result never depends on the path, the ISA or the seed.
+ *
+ * Key of x = |x| as bits (monotone in |x| for non-NaN floats), every NaN = one key above
+ * +inf (codec_isa.h). -0 and +0 tie.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec/codec_isa.h"
+#include "crux.h"
+#include "log.h"
+
+#if defined(__x86_64__)
+#define CODEC_X86 1
+#endif
+
+/* ---- dispatch ---- */
+
+static int codec_isa_cur = CODEC_ISA_UNKNOWN;
+
+static int cpu_can_run(int isa)
+{
+#ifdef CODEC_X86
+    __builtin_cpu_init();
+    if (isa == CODEC_ISA_AVX512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+    if (isa == CODEC_ISA_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
+#endif
+    return isa == CODEC_ISA_SCALAR;
+}
+
+int crux_codec_active_isa(void)
+{
+    int isa = __atomic_load_n(&codec_isa_cur, __ATOMIC_RELAXED);
+    if (__builtin_expect(isa == CODEC_ISA_UNKNOWN, 0)) {
+        isa = cpu_can_run(CODEC_ISA_AVX512) ? CODEC_ISA_AVX512
+              : cpu_can_run(CODEC_ISA_AVX2) ? CODEC_ISA_AVX2
+                                            : CODEC_ISA_SCALAR;
+        __atomic_store_n(&codec_isa_cur, isa, __ATOMIC_RELAXED);
+    }
+    return isa;
+}
+
+const char *crux_codec_isa(void)
+{
+    switch (crux_codec_active_isa()) {
+    case CODEC_ISA_AVX512: return "avx512";
+    case CODEC_ISA_AVX2: return "avx2";
+    default: return "scalar";
+    }
+}
+
+int crux_codec_force_isa(const char *isa)
+{
+    int want;
+    if (!isa)
+        return -1;
+    if (!strcmp(isa, "avx512"))
+        want = CODEC_ISA_AVX512;
+    else if (!strcmp(isa, "avx2"))
+        want = CODEC_ISA_AVX2;
+    else if (!strcmp(isa, "scalar"))
+        want = CODEC_ISA_SCALAR;
+    else
+        return -1;
+    if (!cpu_can_run(want))
+        return -1;
+    __atomic_store_n(&codec_isa_cur, want, __ATOMIC_RELAXED);
+    return 0;
+}
+
+static inline uint32_t key_of(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return codec_key_bits(u);
+}
+
+size_t codec_compact_scalar(const float *x, size_t n, uint32_t thr, uint32_t *idx, float *val,
+                            size_t cap)
+{
+    size_t cnt = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (key_of(x[i]) >= thr) {
+            if (cnt == cap)
+                return cap + 1;
+            idx[cnt] = (uint32_t)i;
+            val[cnt] = x[i];
+            cnt++;
+        }
+    }
+    return cnt;
+}
+
+static size_t compact(const float *x, size_t n, uint32_t thr, uint32_t *idx, float *val,
+                      size_t cap)
+{
+    switch (crux_codec_active_isa()) {
+#ifdef CODEC_X86
+    case CODEC_ISA_AVX512: return codec_compact_avx512(x, n, thr, idx, val, cap);
+    case CODEC_ISA_AVX2: return codec_compact_avx2(x, n, thr, idx, val, cap);
+#endif
+    default: return codec_compact_scalar(x, n, thr, idx, val, cap);
+    }
+}
+
+/* ---- radix select on keys ---- */
+
+/* Keys are < 2^31: digits of 11, 10 and 10 bits, most significant first. */
+static const int digit_shift[3] = {20, 10, 0};
+static const uint32_t digit_mask[3] = {0x7ff, 0x3ff, 0x3ff};
+
+/* One radix digit: histogram the keys that match prefix on pmask, then find the bucket
+ * holding the k-th largest; *greater accumulates the keys above it. Keys come from
+ * floats (v) or, when v is NULL, from precomputed keys. */
+static uint32_t digit_select(const float *v, const uint32_t *keys, size_t m, size_t k, int d,
+                             uint32_t prefix, uint32_t pmask, size_t *greater, uint32_t *hist)
+{
+    int sh = digit_shift[d];
+    uint32_t dm = digit_mask[d];
+    memset(hist, 0, (dm + 1) * sizeof hist[0]);
+    if (v) {
+        for (size_t i = 0; i < m; i++) {
+            uint32_t key = key_of(v[i]);
+            if ((key & pmask) == prefix)
+                hist[(key >> sh) & dm]++;
+        }
+    } else {
+        for (size_t i = 0; i < m; i++)
+            if ((keys[i] & pmask) == prefix)
+                hist[(keys[i] >> sh) & dm]++;
+    }
+    uint32_t b = dm;
+    for (; *greater + hist[b] < k; b--)
+        *greater += hist[b];
+    return b;
+}
+
+/* The k-th largest key of v[0..m) (1 <= k <= m), and how many keys are strictly larger.
+ * With scratch (room for scratch_cap keys), the keys of the boundary bucket of the first
+ * digit are copied out once, so the two later digits scan a small set, not all of v. */
+static uint32_t kth_largest_key(const float *v, size_t m, size_t k, size_t *n_greater,
+                                uint32_t *scratch, size_t scratch_cap)
+{
+    uint32_t hist[2048];
+    size_t greater = 0;
+    uint32_t b = digit_select(v, NULL, m, k, 0, 0, 0, &greater, hist);
+    uint32_t prefix = b << digit_shift[0], pmask = digit_mask[0] << digit_shift[0];
+    const uint32_t *keys = NULL;
+    if (scratch && hist[b] <= scratch_cap) {
+        size_t c = 0;
+        for (size_t i = 0; i < m; i++) {
+            uint32_t key = key_of(v[i]);
+            scratch[c] = key;
+            c += (key & pmask) == prefix; /* branch-free append */
+        }
+        keys = scratch;
+        v = NULL;
+        m = c;
+    }
+    for (int d = 1; d < 3; d++) {
+        b = digit_select(v, keys, m, k, d, prefix, pmask, &greater, hist);
+        prefix |= b << digit_shift[d];
+        pmask |= digit_mask[d] << digit_shift[d];
+    }
+    *n_greater = greater;
+    return prefix;
+}
+
+/* Keep key > t and the first `ties` entries with key == t, in order: exactly
+ * n_greater + ties entries land in out_idx/out_val (which may alias the inputs). */
+static size_t sweep_keep(const uint32_t *in_idx, const float *in_val, size_t m, uint32_t t,
+                         size_t ties, uint32_t *out_idx, float *out_val)
+{
+    size_t o = 0;
+    for (size_t j = 0; j < m; j++) {
+        uint32_t key = key_of(in_val[j]);
+        if (key > t || (key == t && ties > 0)) {
+            ties -= key == t;
+            uint32_t ix = in_idx ? in_idx[j] : (uint32_t)j;
+            float vv = in_val[j];
+            if (out_idx)
+                out_idx[o] = ix;
+            if (out_val)
+                out_val[o] = vv;
+            o++;
+        }
+    }
+    return o;
+}
+
+static size_t select_exact(const uint32_t *in_idx, const float *in_val, size_t m, size_t k,
+                           uint32_t *scratch, size_t scratch_cap, uint32_t *out_idx,
+                           float *out_val)
+{
+    size_t greater;
+    uint32_t t = kth_largest_key(in_val, m, k, &greater, scratch, scratch_cap);
+    return sweep_keep(in_idx, in_val, m, t, k - greater, out_idx, out_val);
+}
+
+/* ---- workspace ---- */
+
+#define SAMPLE_RUN 64       /* elements per sampled run: whole cache lines */
+#define SAMPLE_MIN 4096     /* below ~4 samples per stratum... the exact path is as cheap */
+#define MARGIN_Z 3.0        /* binomial standard deviations of safety in the sample rank */
+#define EXACT_BELOW 8192    /* n below which the exact path is used directly */
+
+struct crux_topk_ws {
+    size_t n, kmax;
+    size_t cap;        /* survivors the compaction may write */
+    uint32_t *cidx;
+    float *cval;
+    uint32_t *ckey;    /* fix-up scratch: keys of the boundary radix bucket */
+    float *sample;
+    size_t sample_cap;
+    int last_path;     /* enum codec_topk_path of the last call (tests, bench) */
+    double margin_z;   /* MARGIN_Z; tests lower it to force the retry path */
+};
+
+void codec_topk_set_margin(struct crux_topk_ws *ws, double z) { ws->margin_z = z; }
+
+int codec_topk_last_path(const struct crux_topk_ws *ws) { return ws->last_path; }
+
+static size_t sample_size(size_t n)
+{
+    size_t s = n / 1000;
+    if (s < SAMPLE_MIN)
+        s = SAMPLE_MIN;
+    s = (s + SAMPLE_RUN - 1) / SAMPLE_RUN * SAMPLE_RUN;
+    return s;
+}
+
+int crux_topk_ws_create(size_t n, size_t kmax, struct crux_topk_ws **out)
+{
+    struct crux_topk_ws *ws = calloc(1, sizeof *ws);
+    if (!ws) {
+        crux_error(CRUX_SUBSYS_CODEC, "top-k workspace for n=%zu: out of memory", n);
+        return CRUX_ERR_NOMEM;
+    }
+    ws->n = n;
+    ws->kmax = kmax < n ? kmax : n;
+    /* room for the usual 1.2-2.5x surplus of survivors over k; more falls back */
+    ws->cap = 3 * ws->kmax + 4096;
+    if (ws->cap > n)
+        ws->cap = n;
+    ws->sample_cap = sample_size(n);
+    ws->margin_z = MARGIN_Z;
+    ws->cidx = malloc((ws->cap + 1) * sizeof *ws->cidx);
+    ws->cval = malloc((ws->cap + 1) * sizeof *ws->cval);
+    ws->ckey = malloc((ws->cap + 2) * sizeof *ws->ckey);
+    ws->sample = malloc(ws->sample_cap * sizeof *ws->sample);
+    if (!ws->cidx || !ws->cval || !ws->ckey || !ws->sample) {
+        crux_error(CRUX_SUBSYS_CODEC, "top-k workspace for n=%zu kmax=%zu: out of memory", n, kmax);
+        crux_topk_ws_free(ws);
+        return CRUX_ERR_NOMEM;
+    }
+    /* first touch now, not on the hot path */
+    memset(ws->cidx, 0, (ws->cap + 1) * sizeof *ws->cidx);
+    memset(ws->cval, 0, (ws->cap + 1) * sizeof *ws->cval);
+    memset(ws->ckey, 0, (ws->cap + 2) * sizeof *ws->ckey);
+    memset(ws->sample, 0, ws->sample_cap * sizeof *ws->sample);
+    *out = ws;
+    return CRUX_SUCCESS;
+}
+
+void crux_topk_ws_free(struct crux_topk_ws *ws)
+{
+    if (!ws)
+        return;
+    free(ws->cidx);
+    free(ws->cval);
+    free(ws->ckey);
+    free(ws->sample);
+    free(ws);
+}
+
+static uint64_t splitmix64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Runs of SAMPLE_RUN elements, one at a seeded offset in each of s/SAMPLE_RUN equal
+ * strata of x (stratified: every region is represented). */
+static size_t take_sample(const float *x, size_t n, uint64_t seed, float *out, size_t s)
+{
+    size_t runs = s / SAMPLE_RUN;
+    size_t stratum = n / runs;
+    uint64_t st = seed;
+    for (size_t r = 0; r < runs; r++) {
+        size_t span = stratum - SAMPLE_RUN + 1;
+        size_t off = r * stratum + (size_t)(splitmix64(&st) % span);
+        memcpy(out + r * SAMPLE_RUN, x + off, SAMPLE_RUN * sizeof *out);
+    }
+    return runs * SAMPLE_RUN;
+}
+
+/* Rank in a sample of s (out of n) expected to hold the k-th entry, plus z sigma. */
+static size_t sample_rank(size_t k, size_t n, size_t s, double z)
+{
+    double mean = (double)k * (double)s / (double)n;
+    double r = mean + z * __builtin_sqrt(mean) + 1.0;
+    return r >= (double)s ? s : r < 1.0 ? 1 : (size_t)r;
+}
+
+size_t crux_topk(const float *x, size_t n, size_t k, uint64_t seed, struct crux_topk_ws *ws,
+                 uint32_t *idx, float *val)
+{
+    if (k > n)
+        k = n;
+    if (k == 0)
+        return 0;
+    if (k == n)
+        return sweep_keep(NULL, x, n, 0, n, idx, val);
+    if (!ws || n > ws->n || k > ws->kmax || n < EXACT_BELOW) {
+        if (ws)
+            ws->last_path = CODEC_TOPK_EXACT;
+        return select_exact(NULL, x, n, k, NULL, 0, idx, val);
+    }
+
+    size_t s = take_sample(x, n, seed, ws->sample, sample_size(n));
+    double z = ws->margin_z;
+    for (int attempt = 0; attempt < 3; attempt++, z += 6.0) {
+        size_t rank = sample_rank(k, n, s, z), greater;
+        uint32_t thr = kth_largest_key(ws->sample, s, rank, &greater, NULL, 0);
+        size_t m = compact(x, n, thr, ws->cidx, ws->cval, ws->cap);
+        if (m > ws->cap)
+            break;
+        if (m >= k) {
+            ws->last_path = attempt == 0 ? CODEC_TOPK_SAMPLED : CODEC_TOPK_RETRIED;
+            return select_exact(ws->cidx, ws->cval, m, k, ws->ckey, ws->cap + 1, idx, val);
+        }
+        if (rank == s) /* already kept everything the sample allows */
+            break;
+    }
+    ws->last_path = CODEC_TOPK_FALLBACK;
+    return select_exact(NULL, x, n, k, NULL, 0, idx, val);
+}
+
+size_t crux_topk_sparse(const uint32_t *cand_idx, const float *cand_val, size_t m, size_t k,
+                        uint32_t *out_idx, float *out_val)
+{
+    if (k > m)
+        k = m;
+    if (k == 0)
+        return 0;
+    return select_exact(cand_idx, cand_val, m, k, NULL, 0, out_idx, out_val);
+}

@@ -1,0 +1,572 @@
+/* compress.c - the compressor object (create, validate, agree, free, stats) and the
+ * communication FIFO the compressed schedules run on (see compress.h). */
+#include <inttypes.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "algo/algo.h"
+#include "compress.h"
+
+#define CX_TAG_LEN 0x5100u
+#define CX_TAG_DATA 0x5101u
+#define CX_MAX_ROWS 8
+#define CX_MAX_COLS (1 << 26)
+
+/* ------------------------------------------------------------------ config --- */
+
+void crux_compress_config_init(crux_compress_config_t *cfg, crux_codec_t codec)
+{
+    if (!cfg)
+        return;
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->codec = codec;
+    /* ScaleCom's filter is opt-in through beta < 1: beta = 1 is plain error feedback. */
+    cfg->memory = codec == CRUX_CODEC_CLTK ? CRUX_MEMORY_LOWPASS : CRUX_MEMORY_RESIDUAL;
+    cfg->density = 0.001;
+    cfg->beta = 1.0f;
+    cfg->sketch_rows = 0;
+    cfg->sketch_cols = 0;
+    cfg->qsgd_levels = 16;
+    cfg->seed = 0x5eedull;
+}
+
+static const char *codec_name(int codec)
+{
+    static const char *names[] = { "none", "cltk", "gtopk", "topk", "sketch", "qsgd" };
+    return codec >= 0 && codec <= CRUX_CODEC_QSGD ? names[codec] : "?";
+}
+
+static int config_check(const crux_compress_config_t *cfg, size_t count)
+{
+    const char *fn = "crux_compressor_create";
+    if (count == 0 || count > UINT32_MAX) {
+        crux_error(CRUX_SUBSYS_CODEC, "%s: count %zu: must be 1..2^32-1 (indices are 32-bit)", fn, count);
+        return CRUX_ERR_ARG;
+    }
+    if ((unsigned)cfg->codec > CRUX_CODEC_QSGD || cfg->codec == CRUX_CODEC_NONE) {
+        crux_error(CRUX_SUBSYS_CODEC, "%s: cfg.codec = %d is not a compressing codec "
+                   "(cltk, gtopk, sketch; use crux_allreduce for dense)", fn, (int)cfg->codec);
+        return CRUX_ERR_ARG;
+    }
+    if ((unsigned)cfg->memory > CRUX_MEMORY_MOMENTUM) {
+        crux_error(CRUX_SUBSYS_CODEC, "%s: cfg.memory = %d is not a crux_memory_t", fn, (int)cfg->memory);
+        return CRUX_ERR_ARG;
+    }
+    if (!(cfg->density > 0.0 && cfg->density <= 1.0)) {
+        crux_error(CRUX_SUBSYS_CODEC, "%s: cfg.density = %g: must be in (0, 1]", fn, cfg->density);
+        return CRUX_ERR_ARG;
+    }
+    if (!(cfg->beta > 0.0f && cfg->beta <= 1.0f)) {
+        crux_error(CRUX_SUBSYS_CODEC, "%s: cfg.beta = %g: must be in (0, 1]", fn, (double)cfg->beta);
+        return CRUX_ERR_ARG;
+    }
+    if (cfg->sketch_rows < 0 || cfg->sketch_rows > CX_MAX_ROWS) {
+        crux_error(CRUX_SUBSYS_CODEC, "%s: cfg.sketch_rows = %d: must be 0 (default) or 1..%d", fn,
+                   cfg->sketch_rows, CX_MAX_ROWS);
+        return CRUX_ERR_ARG;
+    }
+    if (cfg->sketch_cols < 0 || cfg->sketch_cols > CX_MAX_COLS) {
+        crux_error(CRUX_SUBSYS_CODEC, "%s: cfg.sketch_cols = %d: must be 0 (default) or 1..%d", fn,
+                   cfg->sketch_cols, CX_MAX_COLS);
+        return CRUX_ERR_ARG;
+    }
+    if (cfg->codec == CRUX_CODEC_TOPK || cfg->codec == CRUX_CODEC_QSGD) {
+        crux_error(CRUX_SUBSYS_CODEC, "%s: cfg.codec = %s is not implemented yet (cltk, gtopk and "
+                   "sketch are)", fn, codec_name(cfg->codec));
+        return CRUX_ERR_UNSUPPORTED;
+    }
+    if (cfg->memory == CRUX_MEMORY_MOMENTUM) {
+        crux_error(CRUX_SUBSYS_CODEC, "%s: cfg.memory = momentum (DGC) is not implemented yet "
+                   "(none, residual and lowpass are)", fn);
+        return CRUX_ERR_UNSUPPORTED;
+    }
+    return CRUX_SUCCESS;
+}
+
+size_t cx_chunk_k(const struct crux_compressor *c, size_t len)
+{
+    double want = c->cfg.density * (double)len + 0.5;
+    size_t k = want >= (double)len ? len : (size_t)want;
+    return k ? k : 1;
+}
+
+/* Everything that shapes the computation, so ranks that disagree are caught. */
+static uint64_t config_hash(const struct crux_compressor *c, int valid)
+{
+    uint64_t w[] = { (uint64_t)c->n, (uint64_t)c->cfg.codec, (uint64_t)c->cfg.memory, 0, 0,
+                     (uint64_t)c->cfg.sketch_rows, (uint64_t)c->cfg.sketch_cols,
+                     (uint64_t)c->cfg.qsgd_levels, c->cfg.seed, (uint64_t)c->chunk_len,
+                     (uint64_t)valid };
+    memcpy(&w[3], &c->cfg.density, sizeof(double));
+    uint32_t b;
+    memcpy(&b, &c->cfg.beta, sizeof(b));
+    w[4] = b;
+    uint64_t h = 1469598103934665603ull;
+    const unsigned char *p = (const unsigned char *)w;
+    for (size_t i = 0; i < sizeof(w); i++)
+        h = (h ^ p[i]) * 1099511628211ull;
+    return h >> 2; /* -h must not overflow int64 */
+}
+
+/* All ranks learn whether every rank has the same count and config: one allreduce
+ * of {h, -h} with MAX gives max and -min. */
+static int config_agree(struct crux_compressor *c, int valid)
+{
+    int64_t h = (int64_t)config_hash(c, valid), v[2] = { h, -h };
+    CRUX_TRY(crux_allreduce(CRUX_IN_PLACE, v, 2, CRUX_INT64, CRUX_MAX, c->comm));
+    if (v[0] != -v[1]) {
+        crux_error(CRUX_SUBSYS_CODEC, "crux_compressor_create: ranks of comm %u disagree on count "
+                   "or config (this rank: count %zu codec %s density %g beta %g rows %d cols %d "
+                   "seed %" PRIu64 " chunk %zu%s)", c->comm->ctx_id, c->n, codec_name(c->cfg.codec),
+                   c->cfg.density, (double)c->cfg.beta, c->cfg.sketch_rows, c->cfg.sketch_cols,
+                   c->cfg.seed, c->chunk_len, valid ? "" : ", invalid");
+        return CRUX_ERR_MISMATCH;
+    }
+    return CRUX_SUCCESS;
+}
+
+/* ------------------------------------------------------------ allocation --- */
+
+static void *cx_alloc(size_t bytes, const char *what, int *rc)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) {
+        crux_error(CRUX_SUBSYS_CODEC, "crux_compressor_create: cannot allocate %zu bytes for %s",
+                   bytes, what);
+        *rc = CRUX_ERR_NOMEM;
+        return NULL;
+    }
+    memset(p, 0, bytes ? bytes : 64); /* first touch here, never in a call */
+    return p;
+}
+
+static void sketch_shape(const struct crux_compressor *c, int *rows, int *cols)
+{
+    *rows = c->cfg.sketch_rows ? c->cfg.sketch_rows : 5;
+    /* Default: 8 columns per kept entry, so the k heaviest rarely collide. */
+    size_t want = 8 * c->kmax < 64 ? 64 : 8 * c->kmax;
+    *cols = c->cfg.sketch_cols ? c->cfg.sketch_cols : (int)(want > CX_MAX_COLS ? CX_MAX_COLS : want);
+}
+
+static int cx_alloc_all(struct crux_compressor *c)
+{
+    int rc = CRUX_SUCCESS;
+    size_t n = c->n, nch = c->nchunks, km = c->kmax, cm = c->cand_max;
+    /* Plain error feedback needs no separate accumulator: acc = mem += grad, and the
+     * update only clears the sent entries (crux_mem_residual with mem == acc). */
+    int in_place = c->cfg.memory == CRUX_MEMORY_RESIDUAL ||
+                   (c->cfg.memory == CRUX_MEMORY_LOWPASS && c->cfg.beta == 1.0f);
+    if (!(c->mem = cx_alloc(n * 4, "the memory", &rc)))
+        return rc;
+    c->acc = in_place ? c->mem : cx_alloc(n * 4, "the accumulator", &rc);
+    if (!c->acc || !(c->idx = cx_alloc(nch * cm * 4, "indices", &rc)) || !(c->val = cx_alloc(nch * cm * 4, "values", &rc)) ||
+        !(c->nk = cx_alloc(nch * sizeof(size_t), "counts", &rc)) ||
+        !(c->sent = cx_alloc(cm * 4, "sent indices", &rc)))
+        return rc;
+    if (crux_topk_ws_create(c->chunk_len, cm, &c->ws) != CRUX_SUCCESS) {
+        crux_error(CRUX_SUBSYS_CODEC, "crux_compressor_create: top-k workspace for %zu elements, k %zu",
+                   c->chunk_len, cm);
+        return CRUX_ERR_NOMEM;
+    }
+    size_t vals_bytes = 4 * km;
+    if (c->cfg.codec == CRUX_CODEC_GTOPK) {
+        if (!(c->lidx = cx_alloc(nch * km * 4, "local indices", &rc)) ||
+            !(c->lval = cx_alloc(nch * km * 4, "local values", &rc)) ||
+            !(c->lk = cx_alloc(nch * sizeof(size_t), "local counts", &rc)) ||
+            !(c->tidx = cx_alloc(4 * km * 4, "merge indices", &rc)) ||
+            !(c->tval = cx_alloc(4 * km * 4, "merge values", &rc)))
+            return rc;
+    }
+    if (c->cfg.codec == CRUX_CODEC_SKETCH) {
+        int rows, cols;
+        sketch_shape(c, &rows, &cols);
+        if (!(c->sk = cx_alloc(nch * sizeof(*c->sk), "sketches", &rc)) ||
+            !(c->est = cx_alloc(c->chunk_len * 4, "sketch estimates", &rc)))
+            return rc;
+        for (size_t i = 0; i < nch; i++)
+            if (crux_sketch_init(&c->sk[i], rows, cols, c->cfg.seed) != CRUX_SUCCESS) {
+                crux_error(CRUX_SUBSYS_CODEC, "crux_compressor_create: sketch %d x %d", rows, cols);
+                return CRUX_ERR_NOMEM;
+            }
+    }
+    /* A step buffer holds one encoded index set plus its values (gTop-k). */
+    c->stepcap = (crux_idx_encode_bound(cm, c->chunk_len) + vals_bytes + 63) & ~(size_t)63;
+    if (!(c->stepbuf = cx_alloc(CX_FIFO * c->stepcap, "message buffers", &rc)) ||
+        !(c->encbuf = cx_alloc(c->stepcap, "the encode buffer", &rc)))
+        return rc;
+    return CRUX_SUCCESS;
+}
+
+int crux_compressor_free(crux_compressor_t *pc)
+{
+    if (!pc || !*pc)
+        return CRUX_SUCCESS;
+    struct crux_compressor *c = *pc;
+    if (c->sk) {
+        for (size_t i = 0; i < c->nchunks; i++)
+            crux_sketch_free(&c->sk[i]);
+        free(c->sk);
+    }
+    if (c->ws)
+        crux_topk_ws_free(c->ws);
+    if (c->acc != c->mem)
+        free(c->acc);
+    free(c->mem), free(c->idx), free(c->val), free(c->nk), free(c->sent);
+    free(c->lidx), free(c->lval), free(c->lk), free(c->tidx), free(c->tval);
+    free(c->est), free(c->stepbuf), free(c->encbuf);
+    free(c);
+    *pc = NULL;
+    return CRUX_SUCCESS;
+}
+
+int crux_compressor_create(crux_comm_t comm, size_t count, const crux_compress_config_t *cfg,
+                           crux_compressor_t *out)
+{
+    CRUX_TRY(crux_check_comm(comm));
+    if (!cfg || !out) {
+        crux_error(CRUX_SUBSYS_CODEC, "crux_compressor_create: %s is NULL", !cfg ? "cfg" : "out");
+        return CRUX_ERR_ARG;
+    }
+    *out = NULL;
+    struct crux_compressor *c = calloc(1, sizeof(*c));
+    if (!c) {
+        crux_error(CRUX_SUBSYS_CODEC, "crux_compressor_create: out of memory");
+        return CRUX_ERR_NOMEM;
+    }
+    c->comm = comm;
+    c->cfg = *cfg;
+    c->n = count;
+    size_t cb = comm->ctx->cfg.compress_chunk_bytes / 4;
+    c->chunk_len = count < cb || cb == 0 ? (count ? count : 1) : cb;
+    c->nchunks = count ? (count + c->chunk_len - 1) / c->chunk_len : 0;
+    /* Every rank takes part in the agreement, even with a bad config: the others
+     * then fail with CRUX_ERR_MISMATCH instead of waiting for us. */
+    int rc = config_check(cfg, count);
+    int agree = config_agree(c, rc == CRUX_SUCCESS);
+    if (rc == CRUX_SUCCESS)
+        rc = agree;
+    if (rc != CRUX_SUCCESS)
+        goto fail;
+    c->kmax = cx_chunk_k(c, c->chunk_len);
+    c->cand_max = c->cfg.codec == CRUX_CODEC_SKETCH ? (2 * c->kmax < c->chunk_len ? 2 * c->kmax : c->chunk_len)
+                                                    : c->kmax;
+    if ((rc = cx_alloc_all(c)) != CRUX_SUCCESS)
+        goto fail;
+    for (int i = 0; i < CX_FIFO; i++)
+        c->fifo[i].buf = c->stepbuf + (size_t)i * c->stepcap;
+    /* The schedules post at most a few transfers per phase. */
+    if ((rc = crux_comm_reserve(comm, 16, 0)) != CRUX_SUCCESS)
+        goto fail;
+    c->st.dense_bytes = (uint64_t)count * 4;
+    crux_debug(CRUX_SUBSYS_CODEC, "compressor %s: count %zu, %zu chunks of %zu, k %zu per chunk",
+               codec_name(cfg->codec), count, c->nchunks, c->chunk_len, c->kmax);
+    *out = c;
+    return CRUX_SUCCESS;
+fail:
+    crux_compressor_free(&c);
+    return rc;
+}
+
+int crux_compressor_stats(crux_compressor_t c, crux_compress_stats_t *last)
+{
+    if (!c || !last) {
+        crux_error(CRUX_SUBSYS_CODEC, "crux_compressor_stats: %s is NULL", !c ? "compressor" : "last_call");
+        return CRUX_ERR_ARG;
+    }
+    *last = c->st;
+    return CRUX_SUCCESS;
+}
+
+/* -------------------------------------------------------------- the FIFO --- */
+
+static void cx_coll_init(struct crux_coll *op, struct crux_comm *comm, enum crux_coll_kind kind,
+                         int algo, void *buf, size_t count, crux_datatype_t dtype)
+{
+    memset(op, 0, sizeof(*op));
+    op->comm = comm;
+    op->kind = kind;
+    op->sendbuf = buf;
+    op->recvbuf = buf;
+    op->count = count;
+    op->dtype = dtype;
+    op->op = CRUX_SUM;
+    op->esize = crux_datatype_size(dtype);
+    op->xfers = comm->xfers;
+    if (kind == CRUX_COLL_ALLREDUCE) {
+        crux_allreduce_select(op);
+    } else {
+        op->algo = algo;
+    }
+    op->sig = crux_coll_sig(kind, op->algo, dtype, CRUX_SUM, count);
+}
+
+/* Payload bytes this rank just posted (the wire figure of the stats). */
+static void cx_count_sends(struct crux_compressor *c, const struct crux_coll *op)
+{
+    for (int i = 0; i < op->nxfers; i++)
+        if (op->xfers[i].kind == CRUX_XFER_SEND)
+            c->st.wire_bytes += op->xfers[i].len;
+}
+
+static int cx_failed(struct crux_compressor *c, struct cx_step *s, int rc)
+{
+    static const char *kinds[] = { "?", "value allreduce", "index broadcast", "gTop-k tree" };
+    crux_error(CRUX_SUBSYS_CODEC, "compressed allreduce (%s, call %" PRIu64 ", rank %d of %d): %s "
+               "failed: %s", codec_name(c->cfg.codec), c->calls, c->comm->rank, c->comm->size,
+               kinds[s->kind], crux_error_string(rc));
+    if (!c->comm->ctx->broken)
+        c->comm->ctx->broken = rc;
+    return rc;
+}
+
+/* Run the schedule once after its phase completed; pop the step when it is done. */
+static int cx_step_run(struct crux_compressor *c, struct cx_step *s)
+{
+    struct crux_coll *op = &s->coll;
+    int rc = op->fn(op);
+    if (rc == CRUX_INPROGRESS) {
+        cx_count_sends(c, op);
+        return CRUX_INPROGRESS;
+    }
+    if (rc != CRUX_SUCCESS)
+        return cx_failed(c, s, rc);
+    s->done = 1;
+    c->head = (c->head + 1) % CX_FIFO;
+    if (--c->nsteps == 0)
+        c->st.comm_s += cx_tic() - c->t_comm_busy;
+    return CRUX_SUCCESS;
+}
+
+static int cx_step_start(struct crux_compressor *c, struct cx_step *s)
+{
+    s->started = 1;
+    s->t_start = cx_tic();
+    s->coll.seq = c->comm->seq++;
+    s->coll.deadline = s->t_start + c->comm->ctx->cfg.timeout_s;
+    return cx_step_run(c, s);
+}
+
+int cx_poll(struct crux_compressor *c)
+{
+    if (!c->nsteps)
+        return CRUX_SUCCESS;
+    int prc = crux_progress(c->comm->ctx);
+    while (c->nsteps) {
+        struct cx_step *s = &c->fifo[c->head];
+        int rc = s->started ? crux_coll_phase_done(&s->coll) : CRUX_SUCCESS;
+        if (rc == CRUX_INPROGRESS) {
+            if (prc != CRUX_SUCCESS)
+                return cx_failed(c, s, CRUX_ERR_PEER);
+            return CRUX_SUCCESS;
+        }
+        if (rc != CRUX_SUCCESS)
+            return cx_failed(c, s, rc);
+        rc = s->started ? cx_step_run(c, s) : cx_step_start(c, s);
+        if (rc == CRUX_INPROGRESS)
+            return CRUX_SUCCESS;
+        if (rc != CRUX_SUCCESS)
+            return rc;
+    }
+    return CRUX_SUCCESS;
+}
+
+int cx_wait(struct crux_compressor *c, struct cx_step *until)
+{
+    for (;;) {
+        CRUX_TRY(cx_poll(c));
+        if (!c->nsteps || (until && until->done))
+            return CRUX_SUCCESS;
+        struct cx_step *s = &c->fifo[c->head];
+        int rc = crux_coll_wait(&s->coll); /* spins, then sleeps; honours the deadline */
+        if (rc != CRUX_SUCCESS)
+            return cx_failed(c, s, rc);
+    }
+}
+
+/* Append a step; with the FIFO full, wait for the head first. */
+static int cx_enqueue(struct crux_compressor *c, struct cx_step **out)
+{
+    if (c->nsteps == CX_FIFO)
+        CRUX_TRY(cx_wait(c, &c->fifo[c->head]));
+    struct cx_step *s = &c->fifo[(c->head + c->nsteps) % CX_FIFO];
+    s->cx = c;
+    s->started = s->done = 0;
+    if (c->nsteps++ == 0)
+        c->t_comm_busy = cx_tic();
+    *out = s;
+    return CRUX_SUCCESS;
+}
+
+int cx_post_allreduce(struct crux_compressor *c, float *vals, size_t count, struct cx_step **out)
+{
+    struct cx_step *s;
+    CRUX_TRY(cx_enqueue(c, &s));
+    s->kind = CX_ALLREDUCE;
+    cx_coll_init(&s->coll, c->comm, CRUX_COLL_ALLREDUCE, 0, vals, count, CRUX_FLOAT);
+    if (out)
+        *out = s;
+    return cx_poll(c);
+}
+
+/* Binomial tree from root (as algo/bcast.c): receive from the parent, forward to
+ * the children streamed behind that receive. */
+static int cx_post_binomial(struct crux_coll *op, int root, void *buf, size_t bytes, uint32_t tag)
+{
+    int P = op->comm->size, vr = (op->comm->rank - root + P) % P, mask = 1;
+    struct crux_xfer *from_parent = NULL;
+    while (mask < P) {
+        if (vr & mask) {
+            CRUX_TRY(crux_coll_recv(op, (vr - mask + root) % P, tag, buf, bytes, &from_parent));
+            break;
+        }
+        mask <<= 1;
+    }
+    for (mask >>= 1; mask > 0; mask >>= 1)
+        if (vr + mask < P)
+            CRUX_TRY(crux_coll_send(op, (vr + mask + root) % P, tag, buf, bytes, from_parent, NULL));
+    return CRUX_SUCCESS;
+}
+
+/* Variable-length broadcast: the length first, then the bytes. */
+static int cx_bcast_var_fn(struct crux_coll *op)
+{
+    struct cx_step *s = (struct cx_step *)op;
+    struct crux_compressor *c = s->cx;
+    if (op->comm->size == 1)
+        return CRUX_SUCCESS;
+    switch (op->phase) {
+    case 0:
+        CRUX_TRY(cx_post_binomial(op, op->root, &s->len, sizeof(s->len), CX_TAG_LEN));
+        op->phase = 1;
+        return CRUX_INPROGRESS;
+    case 1:
+        if (s->len > s->cap) {
+            crux_error(CRUX_SUBSYS_CODEC, "index broadcast from rank %d announced %" PRIu64
+                       " bytes, more than %zu possible for count %zu: ranks disagree",
+                       op->root, s->len, s->cap, c->n);
+            return CRUX_ERR_MISMATCH;
+        }
+        op->phase = 2;
+        if (s->len == 0)
+            return CRUX_SUCCESS;
+        CRUX_TRY(cx_post_binomial(op, op->root, s->buf, s->len, CX_TAG_DATA));
+        return CRUX_INPROGRESS;
+    default:
+        return CRUX_SUCCESS;
+    }
+}
+
+int cx_post_bcast_var(struct crux_compressor *c, int root, const void *src, size_t len,
+                      struct cx_step **out)
+{
+    struct cx_step *s;
+    CRUX_TRY(cx_enqueue(c, &s));
+    s->kind = CX_BCAST_VAR;
+    s->cap = c->stepcap;
+    cx_coll_init(&s->coll, c->comm, CRUX_COLL_COMPRESSED, c->cfg.codec, NULL, c->n, CRUX_UINT8);
+    s->coll.root = root;
+    s->coll.fn = cx_bcast_var_fn;
+    if (c->comm->rank == root) {
+        s->len = len;
+        memcpy(s->buf, src, len);
+    } else {
+        s->len = 0;
+    }
+    if (out)
+        *out = s;
+    return cx_poll(c);
+}
+
+int cx_post_gtopk(struct crux_compressor *c, size_t chunk, struct cx_step **out)
+{
+    struct cx_step *s;
+    CRUX_TRY(cx_enqueue(c, &s));
+    s->kind = CX_GTOPK;
+    s->cap = c->stepcap;
+    s->chunk = chunk;
+    s->clen = cx_chunk_len(c, chunk);
+    s->k = cx_chunk_k(c, s->clen);
+    s->round = 0;
+    s->len = 0;
+    cx_coll_init(&s->coll, c->comm, CRUX_COLL_COMPRESSED, c->cfg.codec, NULL, s->clen, CRUX_UINT8);
+    s->coll.fn = crux_gtopk_tree;
+    if (out)
+        *out = s;
+    return cx_poll(c);
+}
+
+/* ------------------------------------------------------ per-chunk helpers --- */
+
+int cx_accumulate(struct crux_compressor *c, size_t chunk, const float *grad)
+{
+    size_t off = cx_chunk_off(c, chunk), len = cx_chunk_len(c, chunk);
+    for (size_t o = 0; o < len; o += CX_POLL_ELEMS) {
+        size_t m = len - o < CX_POLL_ELEMS ? len - o : CX_POLL_ELEMS;
+        if (c->cfg.memory == CRUX_MEMORY_NONE)
+            memcpy(c->acc + off + o, grad + off + o, m * 4);
+        else
+            crux_mem_accumulate(c->acc + off + o, c->mem + off + o, grad + off + o, m);
+        CRUX_TRY(cx_poll(c));
+    }
+    return CRUX_SUCCESS;
+}
+
+void cx_mem_update(struct crux_compressor *c, size_t chunk, const uint32_t *sent, size_t k)
+{
+    size_t off = cx_chunk_off(c, chunk), len = cx_chunk_len(c, chunk);
+    switch (c->cfg.memory) {
+    case CRUX_MEMORY_RESIDUAL:
+        crux_mem_residual(c->mem + off, c->acc + off, sent, k, len);
+        break;
+    case CRUX_MEMORY_LOWPASS:
+        crux_mem_lowpass(c->mem + off, c->acc + off, sent, k, len, c->cfg.beta);
+        break;
+    default: /* NONE: the memory stays zero */
+        break;
+    }
+}
+
+void cx_write_out(struct crux_compressor *c, size_t chunk, float *out, const uint32_t *idx,
+                  const float *val, size_t k)
+{
+    size_t off = cx_chunk_off(c, chunk), len = cx_chunk_len(c, chunk);
+    memset(out + off, 0, len * 4);
+    crux_scatter(out + off, idx, val, k);
+}
+
+/* ------------------------------------------------------------- the call --- */
+
+int crux_compressed_allreduce(crux_compressor_t c, const float *grad, float *out)
+{
+    if (!c || !grad || !out) {
+        crux_error(CRUX_SUBSYS_CODEC, "crux_compressed_allreduce: %s is NULL",
+                   !c ? "compressor" : !grad ? "grad" : "out");
+        return CRUX_ERR_ARG;
+    }
+    struct crux_ctx *ctx = c->comm->ctx;
+    if (ctx->broken) {
+        crux_error(CRUX_SUBSYS_CODEC, "crux_compressed_allreduce: an earlier collective failed (%s)",
+                   crux_error_string(ctx->broken));
+        return ctx->broken;
+    }
+    if (ctx->req_head) {
+        crux_error(CRUX_SUBSYS_CODEC, "crux_compressed_allreduce: complete the outstanding "
+                   "nonblocking requests first (crux_wait)");
+        return CRUX_ERR_ARG;
+    }
+    uint64_t dense = c->st.dense_bytes;
+    memset(&c->st, 0, sizeof(c->st));
+    c->st.dense_bytes = dense;
+    double t0 = cx_tic();
+    int rc;
+    switch (c->cfg.codec) {
+    case CRUX_CODEC_CLTK: rc = crux_cltk_allreduce(c, grad, out); break;
+    case CRUX_CODEC_GTOPK: rc = crux_gtopk_allreduce(c, grad, out); break;
+    default: rc = crux_sketch_allreduce(c, grad, out); break;
+    }
+    c->st.total_s = cx_tic() - t0;
+    c->calls++;
+    return rc;
+}

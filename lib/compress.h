@@ -1,0 +1,108 @@
+/* compress.h - the compressor object and the pipeline the compressed schedules
+ * (algo/c_*.c) are written against.
+ *
+ * Pipeline: communication steps (a dense allreduce of values or sketches, a
+ * variable-length broadcast, a gTop-k tree) are queued in a small FIFO and run one
+ * at a time, in posting order, through the same transfer machinery as every
+ * collective (struct crux_coll). Posting order is identical on every rank, so the
+ * per-peer FIFO message matching of the transports holds. Between the CPU's
+ * encode sub-blocks the schedules call cx_poll(), which advances the head step:
+ * encoding chunk i+1 overlaps the transfer of chunk i.
+ */
+#ifndef CRUX_COMPRESS_H
+#define CRUX_COMPRESS_H
+
+#include "codec/codec.h"
+#include "crux_internal.h"
+
+#define CX_FIFO 4                      /* communication steps queued at once */
+#define CX_POLL_ELEMS ((size_t)16384)  /* encode sub-block between two polls */
+
+enum cx_step_kind { CX_ALLREDUCE = 1, CX_BCAST_VAR, CX_GTOPK };
+
+/* One queued communication step. */
+struct cx_step {
+    struct crux_coll coll;      /* the schedule state; coll.fn drives it */
+    struct crux_compressor *cx;
+    int kind;                   /* enum cx_step_kind */
+    int started, done;
+    double t_start;
+    /* CX_BCAST_VAR: root's len bytes of buf reach every rank (len travels first) */
+    uint64_t len, rlen;         /* rlen: a gTop-k peer's message length */
+    uint8_t *buf;               /* cx->stepbuf slice, cap bytes */
+    size_t cap;
+    /* CX_GTOPK: the chunk being merged (see algo/c_gtopk.c) */
+    size_t chunk, clen, k;
+    int round;
+};
+
+struct crux_compressor {
+    struct crux_comm *comm;
+    crux_compress_config_t cfg;
+    size_t n;                   /* elements */
+    size_t chunk_len, nchunks;  /* every chunk chunk_len long but the last */
+    size_t kmax;                /* largest per-chunk k */
+    size_t cand_max;            /* largest sketch candidate count (2k) */
+    uint64_t calls;             /* t: leader of CLT-k is t mod P */
+    float *mem, *acc;           /* [n] memory and memory + grad (acc == mem for residual) */
+    uint32_t *idx;              /* [nchunks * cand_max] indices per chunk */
+    float *val;                 /* [nchunks * cand_max] values per chunk */
+    size_t *nk;                 /* [nchunks] entries in idx/val per chunk */
+    uint32_t *lidx;             /* [nchunks * kmax] gTop-k: local selection */
+    float *lval;
+    size_t *lk;
+    uint32_t *tidx;             /* [4 * kmax] gTop-k: received + merged lists */
+    float *tval;
+    uint32_t *sent;             /* [cand_max] scratch: indices to clear in memory */
+    struct crux_topk_ws *ws;
+    struct crux_sketch *sk;     /* [nchunks] (SKETCH) */
+    float *est;                 /* [chunk_len] sketch estimates */
+    uint8_t *stepbuf;           /* [CX_FIFO * stepcap] encoded messages */
+    size_t stepcap;
+    uint8_t *encbuf;            /* [stepcap] this rank's encoded message */
+    struct cx_step fifo[CX_FIFO];
+    int head, nsteps;           /* queued steps: fifo[head .. head + nsteps) */
+    crux_compress_stats_t st;   /* of the call in progress / the last call */
+    double t_comm_busy;         /* start of the current busy period of the FIFO */
+};
+
+/* Chunk geometry. */
+static inline size_t cx_chunk_off(const struct crux_compressor *c, size_t ch) { return ch * c->chunk_len; }
+static inline size_t cx_chunk_len(const struct crux_compressor *c, size_t ch)
+{
+    size_t off = cx_chunk_off(c, ch);
+    return c->n - off < c->chunk_len ? c->n - off : c->chunk_len;
+}
+/* k of a chunk: round(density * len), at least 1. */
+size_t cx_chunk_k(const struct crux_compressor *c, size_t len);
+
+/* Queue steps (they start once every earlier step has finished). The returned
+ * step stays valid until it is done and the FIFO moves past it. */
+int cx_post_allreduce(struct crux_compressor *c, float *vals, size_t count, struct cx_step **out);
+int cx_post_bcast_var(struct crux_compressor *c, int root, const void *src, size_t len,
+                      struct cx_step **out);
+int cx_post_gtopk(struct crux_compressor *c, size_t chunk, struct cx_step **out);
+/* Advance the queue without blocking (between encode sub-blocks). */
+int cx_poll(struct crux_compressor *c);
+/* Block until s (and everything before it) is done; NULL = the whole queue. */
+int cx_wait(struct crux_compressor *c, struct cx_step *s);
+
+/* acc[chunk] = mem[chunk] + grad[chunk], polling the queue between sub-blocks. */
+int cx_accumulate(struct crux_compressor *c, size_t chunk, const float *grad);
+/* Memory update of a chunk after sent[0..k) (chunk-relative, ascending) left. */
+void cx_mem_update(struct crux_compressor *c, size_t chunk, const uint32_t *sent, size_t k);
+/* out[chunk] = 0 except out[idx] = val. */
+void cx_write_out(struct crux_compressor *c, size_t chunk, float *out, const uint32_t *idx,
+                  const float *val, size_t k);
+
+/* Time accounting: encode/decode are the CPU's, comm the FIFO's busy time. */
+static inline double cx_tic(void) { return crux_now(); }
+
+/* The schedules (one file each). */
+int crux_cltk_allreduce(struct crux_compressor *c, const float *grad, float *out);  /* algo/c_cltk.c */
+int crux_gtopk_allreduce(struct crux_compressor *c, const float *grad, float *out); /* algo/c_gtopk.c */
+int crux_sketch_allreduce(struct crux_compressor *c, const float *grad, float *out); /* algo/c_sketch.c */
+/* algo/c_gtopk.c: the tree schedule of one chunk (coll.fn of a CX_GTOPK step). */
+int crux_gtopk_tree(struct crux_coll *op);
+
+#endif

@@ -1,0 +1,115 @@
+/* test_compress.c - compressed allreduce through crux-run: CLT-k, gTop-k and sketch
+ * on 1, 2, 3 and 4 ranks (shm; 3 ranks also over TCP), one chunk and many chunks,
+ * residual (beta = 1) and low-pass (beta = 0.5) memories over 3 steps. The rank
+ * program (compress_rank_prog.c) simulates every rank with scalar code and compares
+ * outputs and memories exactly; here we only launch it and count the OKs. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "harness.h"
+
+static void run_ranks(int n, const char *transport, const char *chunk_bytes, char *const args[])
+{
+    char nbuf[16], tp[64], cb[64];
+    snprintf(nbuf, sizeof(nbuf), "%d", n);
+    snprintf(tp, sizeof(tp), "CRUX_TRANSPORT=%s", transport);
+    snprintf(cb, sizeof(cb), "CRUX_COMPRESS_CHUNK_BYTES=%s", chunk_bytes);
+    char *argv[16] = { CRUX_RUN_PATH, "-n", nbuf, "--", CRUX_TEST_COMPRESS_RANKPROG };
+    int a = 5;
+    for (int i = 0; args[i] && a < 15; i++)
+        argv[a++] = args[i];
+    argv[a] = NULL;
+    char *env[] = { tp, cb, "CRUX_TIMEOUT=60", NULL };
+    struct proc_result res;
+    cr_assert_eq(run_proc(argv, env, 120, &res), 0);
+    if (res.status != 0)
+        proc_result_dump(&res);
+    cr_assert_eq(res.status, 0, "%d ranks, %s, %s %s: exit status %d", n, transport, args[0],
+                 args[1] ? args[1] : "", res.status);
+    int oks = 0;
+    for (const char *p = res.out; (p = strstr(p, ": OK")); p++)
+        oks++;
+    cr_assert_eq(oks, n, "%d ranks reported OK, want %d", oks, n);
+    cr_assert_eq(shm_leftovers(), 0, "crux segments left in /dev/shm");
+    proc_result_free(&res);
+}
+
+/* n = 5000: one chunk (4M default), or 5 chunks of 1024 (the last 904). */
+#define CODEC_TESTS(CODEC, N)                                                                     \
+    Test(compress_##CODEC, ranks##N##_residual)                                                   \
+    {                                                                                             \
+        char *args[] = { "check", #CODEC, "5000", "6", "1", "0.01", NULL };                       \
+        run_ranks(N, "shm", "4M", args);                                                          \
+    }                                                                                             \
+    Test(compress_##CODEC, ranks##N##_lowpass_chunked)                                            \
+    {                                                                                             \
+        char *args[] = { "check", #CODEC, "5000", "3", "0.5", "0.01", NULL };                     \
+        run_ranks(N, "shm", "4096", args);                                                        \
+    }
+
+CODEC_TESTS(cltk, 1)
+CODEC_TESTS(cltk, 2)
+CODEC_TESTS(cltk, 3)
+CODEC_TESTS(cltk, 4)
+CODEC_TESTS(gtopk, 1)
+CODEC_TESTS(gtopk, 2)
+CODEC_TESTS(gtopk, 3)
+CODEC_TESTS(gtopk, 4)
+CODEC_TESTS(sketch, 1)
+CODEC_TESTS(sketch, 2)
+CODEC_TESTS(sketch, 3)
+CODEC_TESTS(sketch, 4)
+
+#define TCP_TEST(CODEC)                                                                           \
+    Test(compress_tcp, CODEC##_ranks3)                                                            \
+    {                                                                                             \
+        char *args[] = { "check", #CODEC, "5000", "6", "1", "0.01", NULL };                       \
+        run_ranks(3, "tcp", "4096", args);                                                        \
+    }
+TCP_TEST(cltk)
+TCP_TEST(gtopk)
+TCP_TEST(sketch)
+
+/* Counts 1 and 7, density 1 (everything kept) and 0.3, on 3 ranks. */
+#define TINY_TEST(CODEC)                                                                          \
+    Test(compress_tiny, CODEC)                                                                    \
+    {                                                                                             \
+        char *a1[] = { "check", #CODEC, "1", "3", "1", "1", NULL };                               \
+        char *a2[] = { "check", #CODEC, "7", "3", "1", "1", NULL };                               \
+        char *a3[] = { "check", #CODEC, "7", "3", "0.5", "0.3", NULL };                           \
+        run_ranks(3, "shm", "4M", a1);                                                            \
+        run_ranks(3, "shm", "4M", a2);                                                            \
+        run_ranks(3, "shm", "4M", a3);                                                            \
+    }
+TINY_TEST(cltk)
+TINY_TEST(gtopk)
+TINY_TEST(sketch)
+
+#define CHUNK_TEST(CODEC)                                                                         \
+    Test(compress_chunks, CODEC)                                                                  \
+    {                                                                                             \
+        char *args[] = { "chunks", #CODEC, NULL };                                                \
+        run_ranks(3, "shm", "4M", args);                                                          \
+    }
+CHUNK_TEST(cltk)
+CHUNK_TEST(gtopk)
+CHUNK_TEST(sketch)
+
+Test(compress_errors, bad_config)
+{
+    char *args[] = { "badcfg", NULL };
+    run_ranks(2, "shm", "4M", args);
+}
+
+Test(compress_errors, mismatched_count)
+{
+    char *args[] = { "mismatch", "count", NULL };
+    run_ranks(3, "shm", "4M", args);
+}
+
+Test(compress_errors, mismatched_config)
+{
+    char *args[] = { "mismatch", "config", NULL };
+    run_ranks(2, "shm", "4M", args);
+}

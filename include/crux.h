@@ -129,30 +129,33 @@ typedef enum {
     CRUX_CODEC_NONE,
     CRUX_CODEC_CLTK, /* ScaleCom cyclic local top-k */
     CRUX_CODEC_GTOPK,
-    CRUX_CODEC_TOPK, /* DGC-style, allgather (not yet: CRUX_ERR_UNSUPPORTED) */
+    CRUX_CODEC_TOPK, /* DGC: per-rank top-k + momentum correction, sparse allgather */
     CRUX_CODEC_SKETCH,
-    CRUX_CODEC_QSGD /* not yet: CRUX_ERR_UNSUPPORTED */
+    CRUX_CODEC_QSGD /* stochastic quantisation, buckets of 512, allgather of payloads */
 } crux_codec_t;
 
 typedef enum {
     CRUX_MEMORY_NONE,     /* unsent mass is dropped */
     CRUX_MEMORY_RESIDUAL, /* error feedback: memory = what was not sent */
     CRUX_MEMORY_LOWPASS,  /* ScaleCom: memory = (1-beta) memory + beta (acc - sent) */
-    CRUX_MEMORY_MOMENTUM  /* DGC momentum correction (not yet: CRUX_ERR_UNSUPPORTED) */
+    CRUX_MEMORY_MOMENTUM  /* DGC (codec topk only): u = beta u + g; v += u; sent from v,
+                             then u and v masked where sent */
 } crux_memory_t;
 
 typedef struct {
     crux_codec_t codec;
     crux_memory_t memory;
     double density;               /* kept fraction, in (0, 1], e.g. 0.001 */
-    float beta;                   /* low-pass coefficient in (0, 1] (1 = residual) */
+    float beta;                   /* low-pass coefficient in (0, 1] (1 = residual);
+                                     DGC: the momentum (default 0.9) */
     int sketch_rows, sketch_cols; /* rows 1..8, cols per chunk; 0 = derived from density */
-    int qsgd_levels;
+    int qsgd_levels;              /* s, 1..127: 1 -> 2-bit, <= 7 -> 4-bit, else 8-bit codes */
     uint64_t seed;                /* selection sampling and sketch hashes */
 } crux_compress_config_t;
 
 /* Defaults for codec: density 0.001, memory LOWPASS with beta 1 for CLT-k (set
- * beta < 1 for ScaleCom's filter), RESIDUAL otherwise; sketch 5 rows x derived
+ * beta < 1 for ScaleCom's filter), MOMENTUM with beta 0.9 for TOPK (DGC), NONE for
+ * QSGD (7 levels: 4-bit codes), RESIDUAL otherwise; sketch 5 rows x derived
  * columns; seed 0x5eed. */
 void crux_compress_config_init(crux_compress_config_t *cfg, crux_codec_t codec);
 
@@ -179,6 +182,14 @@ typedef struct {
 int crux_compressor_stats(crux_compressor_t c, crux_compress_stats_t *last_call);
 /* Local: frees everything and sets *c = NULL (NULL is fine). */
 int crux_compressor_free(crux_compressor_t *c);
+/* DGC's density warm-up: lower the kept fraction for the following calls (e.g. 0.25,
+ * 0.0625, 0.0156, 0.0039, then 0.001 over the first epochs, Lin et al. Sec. 3.4). It
+ * may not exceed the density given at create (buffers are sized for it); every rank
+ * must make the same call. Works for every top-k codec. */
+int crux_compressor_set_density(crux_compressor_t c, double density);
+/* DGC's local gradient clipping: each rank scales grad so ||grad||_2 <= max_norm /
+ * sqrt(P) before accumulating (0 = off, the default). Codec topk only. */
+int crux_compressor_set_clip(crux_compressor_t c, double max_norm);
 
 /* Size in bytes of one element of a datatype (0 for an invalid one). */
 size_t crux_datatype_size(crux_datatype_t dtype);

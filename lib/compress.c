@@ -23,12 +23,15 @@ void crux_compress_config_init(crux_compress_config_t *cfg, crux_codec_t codec)
     memset(cfg, 0, sizeof(*cfg));
     cfg->codec = codec;
     /* ScaleCom's filter is opt-in through beta < 1: beta = 1 is plain error feedback. */
-    cfg->memory = codec == CRUX_CODEC_CLTK ? CRUX_MEMORY_LOWPASS : CRUX_MEMORY_RESIDUAL;
+    cfg->memory = codec == CRUX_CODEC_CLTK   ? CRUX_MEMORY_LOWPASS
+                  : codec == CRUX_CODEC_TOPK ? CRUX_MEMORY_MOMENTUM /* DGC */
+                  : codec == CRUX_CODEC_QSGD ? CRUX_MEMORY_NONE     /* unbiased as it is */
+                                             : CRUX_MEMORY_RESIDUAL;
     cfg->density = 0.001;
-    cfg->beta = 1.0f;
+    cfg->beta = codec == CRUX_CODEC_TOPK ? 0.9f : 1.0f; /* DGC: the momentum */
     cfg->sketch_rows = 0;
     cfg->sketch_cols = 0;
-    cfg->qsgd_levels = 16;
+    cfg->qsgd_levels = 7; /* 4-bit codes: sign + 3-bit level */
     cfg->seed = 0x5eedull;
 }
 
@@ -72,15 +75,21 @@ static int config_check(const crux_compress_config_t *cfg, size_t count)
                    cfg->sketch_cols, CX_MAX_COLS);
         return CRUX_ERR_ARG;
     }
-    if (cfg->codec == CRUX_CODEC_TOPK || cfg->codec == CRUX_CODEC_QSGD) {
-        crux_error(CRUX_SUBSYS_CODEC, "%s: cfg.codec = %s is not implemented yet (cltk, gtopk and "
-                   "sketch are)", fn, codec_name(cfg->codec));
-        return CRUX_ERR_UNSUPPORTED;
+    if (cfg->memory == CRUX_MEMORY_MOMENTUM && cfg->codec != CRUX_CODEC_TOPK) {
+        crux_error(CRUX_SUBSYS_CODEC, "%s: cfg.memory = momentum is DGC's and needs cfg.codec = "
+                   "topk (not %s)", fn, codec_name(cfg->codec));
+        return CRUX_ERR_ARG;
     }
-    if (cfg->memory == CRUX_MEMORY_MOMENTUM) {
-        crux_error(CRUX_SUBSYS_CODEC, "%s: cfg.memory = momentum (DGC) is not implemented yet "
-                   "(none, residual and lowpass are)", fn);
-        return CRUX_ERR_UNSUPPORTED;
+    if (cfg->codec == CRUX_CODEC_QSGD) {
+        if (cfg->qsgd_levels < 1 || cfg->qsgd_levels > CRUX_QSGD_MAX_LEVELS) {
+            crux_error(CRUX_SUBSYS_CODEC, "%s: cfg.qsgd_levels = %d: must be 1..%d", fn,
+                       cfg->qsgd_levels, CRUX_QSGD_MAX_LEVELS);
+            return CRUX_ERR_ARG;
+        }
+        if (cfg->memory != CRUX_MEMORY_NONE && cfg->memory != CRUX_MEMORY_RESIDUAL) {
+            crux_error(CRUX_SUBSYS_CODEC, "%s: QSGD takes cfg.memory = none or residual", fn);
+            return CRUX_ERR_ARG;
+        }
     }
     return CRUX_SUCCESS;
 }
@@ -156,7 +165,7 @@ static int cx_alloc_all(struct crux_compressor *c)
     size_t n = c->n, nch = c->nchunks, km = c->kmax, cm = c->cand_max;
     /* Plain error feedback needs no separate accumulator: acc = mem += grad, and the
      * update only clears the sent entries (crux_mem_residual with mem == acc). */
-    int in_place = c->cfg.memory == CRUX_MEMORY_RESIDUAL ||
+    int in_place = c->cfg.memory == CRUX_MEMORY_RESIDUAL || c->cfg.codec == CRUX_CODEC_TOPK ||
                    (c->cfg.memory == CRUX_MEMORY_LOWPASS && c->cfg.beta == 1.0f);
     if (!(c->mem = cx_alloc(n * 4, "the memory", &rc)))
         return rc;
@@ -191,9 +200,17 @@ static int cx_alloc_all(struct crux_compressor *c)
                 return CRUX_ERR_NOMEM;
             }
     }
-    /* A step buffer holds one encoded index set plus its values (gTop-k). */
-    c->stepcap = (CX_FRAME_HDR + crux_idx_encode_bound(cm, c->chunk_len) + vals_bytes + 64 + 63) &
-                 ~(size_t)63;
+    if (c->cfg.memory == CRUX_MEMORY_MOMENTUM && !(c->mom = cx_alloc(n * 4, "the momentum", &rc)))
+        return rc;
+    /* A step buffer holds one encoded index set plus its values (gTop-k), or every
+     * rank's block of an allgather (DGC: k indices + k values; QSGD: a payload). */
+    size_t need = CX_FRAME_HDR + crux_idx_encode_bound(cm, c->chunk_len) + vals_bytes + 64,
+           P = (size_t)c->comm->size;
+    if (c->cfg.codec == CRUX_CODEC_TOPK)
+        need = P * 8 * km;
+    else if (c->cfg.codec == CRUX_CODEC_QSGD)
+        need = P * crux_qsgd_encoded_bytes(&c->q, c->chunk_len);
+    c->stepcap = (need + 63) & ~(size_t)63;
     if (!(c->stepbuf = cx_alloc(CX_FIFO * c->stepcap, "message buffers", &rc)) ||
         !(c->encbuf = cx_alloc(c->stepcap, "the encode buffer", &rc)))
         return rc;
@@ -222,7 +239,7 @@ int crux_compressor_free(crux_compressor_t *pc)
         crux_topk_ws_free(c->ws);
     if (c->acc != c->mem)
         free(c->acc);
-    free(c->mem), free(c->idx), free(c->val), free(c->nk), free(c->sent);
+    free(c->mom), free(c->mem), free(c->idx), free(c->val), free(c->nk), free(c->sent);
     free(c->lidx), free(c->lval), free(c->lk), free(c->tidx), free(c->tval);
     free(c->est), free(c->stepbuf), free(c->encbuf);
     free(c);
@@ -257,6 +274,8 @@ int crux_compressor_create(crux_comm_t comm, size_t count, const crux_compress_c
         rc = agree;
     if (rc != CRUX_SUCCESS)
         goto fail;
+    c->density_max = cfg->density;
+    c->q = (struct crux_qsgd){ cfg->qsgd_levels, 512, CRUX_QSGD_NORM_MAX };
     c->kmax = cx_chunk_k(c, c->chunk_len);
     c->cand_max = c->cfg.codec == CRUX_CODEC_SKETCH ? (2 * c->kmax < c->chunk_len ? 2 * c->kmax : c->chunk_len)
                                                     : c->kmax;
@@ -265,7 +284,7 @@ int crux_compressor_create(crux_comm_t comm, size_t count, const crux_compress_c
     for (int i = 0; i < CX_FIFO; i++)
         c->fifo[i].buf = c->stepbuf + (size_t)i * c->stepcap;
     /* The schedules post at most a few transfers per phase. */
-    if ((rc = crux_comm_reserve(comm, 16, 0)) != CRUX_SUCCESS)
+    if ((rc = crux_comm_reserve(comm, 16 + 2 * comm->size, 0)) != CRUX_SUCCESS) /* + ring allgather */
         goto fail;
     c->st.dense_bytes = (uint64_t)count * 4;
     crux_debug(CRUX_SUBSYS_CODEC, "compressor %s: count %zu, %zu chunks of %zu, k %zu per chunk",
@@ -320,7 +339,8 @@ static void cx_count_sends(struct crux_compressor *c, const struct crux_coll *op
 
 static int cx_failed(struct crux_compressor *c, struct cx_step *s, int rc)
 {
-    static const char *kinds[] = { "?", "value allreduce", "index broadcast", "gTop-k tree" };
+    static const char *kinds[] = { "?", "value allreduce", "index broadcast", "gTop-k tree",
+                                   "allgather" };
     crux_error(CRUX_SUBSYS_CODEC, "compressed allreduce (%s, call %" PRIu64 ", rank %d of %d): %s "
                "failed: %s", codec_name(c->cfg.codec), c->calls, c->comm->rank, c->comm->size,
                kinds[s->kind], crux_error_string(rc));
@@ -518,6 +538,27 @@ int cx_post_gtopk(struct crux_compressor *c, size_t chunk, struct cx_step **out)
     return cx_poll(c);
 }
 
+int cx_next_buf(struct crux_compressor *c, uint8_t **buf)
+{
+    if (c->nsteps == CX_FIFO)
+        CRUX_TRY(cx_wait(c, &c->fifo[c->head]));
+    *buf = c->fifo[(c->head + c->nsteps) % CX_FIFO].buf;
+    return CRUX_SUCCESS;
+}
+
+int cx_post_allgather(struct crux_compressor *c, size_t bytes, struct cx_step **out)
+{
+    struct cx_step *s;
+    CRUX_TRY(cx_enqueue(c, &s));
+    s->kind = CX_ALLGATHER;
+    cx_coll_init(&s->coll, c->comm, CRUX_COLL_ALLGATHER, CRUX_ALGO_RING, s->buf, bytes, CRUX_UINT8);
+    s->coll.sendbuf = s->buf + (size_t)c->comm->rank * bytes;
+    s->coll.fn = crux_allgather_ring;
+    if (out)
+        *out = s;
+    return cx_poll(c);
+}
+
 /* ------------------------------------------------------ per-chunk helpers --- */
 
 int cx_accumulate(struct crux_compressor *c, size_t chunk, const float *grad)
@@ -585,9 +626,41 @@ int crux_compressed_allreduce(crux_compressor_t c, const float *grad, float *out
     switch (c->cfg.codec) {
     case CRUX_CODEC_CLTK: rc = crux_cltk_allreduce(c, grad, out); break;
     case CRUX_CODEC_GTOPK: rc = crux_gtopk_allreduce(c, grad, out); break;
+    case CRUX_CODEC_TOPK: rc = crux_topk_allreduce(c, grad, out); break;
+    case CRUX_CODEC_QSGD: rc = crux_qsgd_allreduce(c, grad, out); break;
     default: rc = crux_sketch_allreduce(c, grad, out); break;
     }
     c->st.total_s = cx_tic() - t0;
     c->calls++;
     return rc;
+}
+
+/* DGC warm-up (Lin et al. Sec. 3.4) lowers the density epoch by epoch; the buffers were
+ * sized for the density given at create, so it can only go down from there. Every rank
+ * must make the same call before the same crux_compressed_allreduce. */
+int crux_compressor_set_density(crux_compressor_t c, double density)
+{
+    if (!c || !(density > 0.0 && density <= c->density_max)) {
+        crux_error(CRUX_SUBSYS_CODEC, "crux_compressor_set_density: %g must be in (0, %g], the "
+                   "density the compressor was created with", density, c ? c->density_max : 0.0);
+        return CRUX_ERR_ARG;
+    }
+    c->cfg.density = density;
+    return CRUX_SUCCESS;
+}
+
+int crux_compressor_set_clip(crux_compressor_t c, double max_norm)
+{
+    if (!c || !(max_norm >= 0.0) || isinf(max_norm)) {
+        crux_error(CRUX_SUBSYS_CODEC, "crux_compressor_set_clip: max_norm %g must be finite and "
+                   ">= 0 (0 = off)", max_norm);
+        return CRUX_ERR_ARG;
+    }
+    if (c->cfg.codec != CRUX_CODEC_TOPK) {
+        crux_error(CRUX_SUBSYS_CODEC, "crux_compressor_set_clip: local gradient clipping is DGC's "
+                   "(codec topk)");
+        return CRUX_ERR_ARG;
+    }
+    c->clip = max_norm;
+    return CRUX_SUCCESS;
 }

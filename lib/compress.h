@@ -15,12 +15,13 @@
 #include <string.h>
 
 #include "codec/codec.h"
+#include "codec/qsgd.h"
 #include "crux_internal.h"
 
 #define CX_FIFO 4                      /* communication steps queued at once */
 #define CX_POLL_ELEMS ((size_t)16384)  /* encode sub-block between two polls */
 
-enum cx_step_kind { CX_ALLREDUCE = 1, CX_BCAST_VAR, CX_GTOPK };
+enum cx_step_kind { CX_ALLREDUCE = 1, CX_BCAST_VAR, CX_GTOPK, CX_ALLGATHER };
 
 /* One queued communication step. */
 struct cx_step {
@@ -46,7 +47,12 @@ struct crux_compressor {
     size_t kmax;                /* largest per-chunk k */
     size_t cand_max;            /* largest sketch candidate count (2k) */
     uint64_t calls;             /* t: leader of CLT-k is t mod P */
-    float *mem, *acc;           /* [n] memory and memory + grad (acc == mem for residual) */
+    float *mem, *acc;           /* [n] memory and memory + grad (acc == mem for residual;
+                                   DGC: mem = v) */
+    float *mom;                 /* [n] DGC momentum u (CRUX_MEMORY_MOMENTUM) */
+    struct crux_qsgd q;         /* QSGD quantiser */
+    double density_max;         /* density at create: buffers are sized for it */
+    double clip;                /* DGC global clipping norm, 0 = off */
     uint32_t *idx;              /* [nchunks * cand_max] indices per chunk */
     float *val;                 /* [nchunks * cand_max] values per chunk */
     size_t *nk;                 /* [nchunks] entries in idx/val per chunk */
@@ -104,6 +110,11 @@ int cx_post_allreduce(struct crux_compressor *c, float *vals, size_t count, stru
 int cx_post_bcast_var(struct crux_compressor *c, int root, const void *src, size_t len,
                       size_t head, struct cx_step **out);
 int cx_post_gtopk(struct crux_compressor *c, size_t chunk, struct cx_step **out);
+/* Fixed-size allgather in place: the buffer of the step the next post will use
+ * (cx_next_buf, waiting for room in the FIFO) holds P blocks of `bytes`; fill this
+ * rank's block, then post. The step's buf keeps the result until the FIFO wraps. */
+int cx_next_buf(struct crux_compressor *c, uint8_t **buf);
+int cx_post_allgather(struct crux_compressor *c, size_t bytes, struct cx_step **out);
 /* Advance the queue without blocking (between encode sub-blocks). */
 int cx_poll(struct crux_compressor *c);
 /* Block until s (and everything before it) is done; NULL = the whole queue. */
@@ -124,6 +135,8 @@ static inline double cx_tic(void) { return crux_now(); }
 int crux_cltk_allreduce(struct crux_compressor *c, const float *grad, float *out);  /* algo/c_cltk.c */
 int crux_gtopk_allreduce(struct crux_compressor *c, const float *grad, float *out); /* algo/c_gtopk.c */
 int crux_sketch_allreduce(struct crux_compressor *c, const float *grad, float *out); /* algo/c_sketch.c */
+int crux_topk_allreduce(struct crux_compressor *c, const float *grad, float *out);   /* algo/c_topk.c (DGC) */
+int crux_qsgd_allreduce(struct crux_compressor *c, const float *grad, float *out);   /* algo/c_qsgd.c */
 /* algo/c_gtopk.c: the tree schedule of one chunk (coll.fn of a CX_GTOPK step). */
 int crux_gtopk_tree(struct crux_coll *op);
 

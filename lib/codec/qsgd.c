@@ -155,14 +155,15 @@ BODY void pack_block_body(const uint8_t *c, size_t m, int bits, uint8_t *out)
 }
 
 
-BODY void dequant_add_block_body(const uint8_t *c, size_t m, float step, int sign_bit, float *acc)
+BODY void dequant_add_block_body(const uint8_t *c, size_t m, float step, int sign_bit, float *acc,
+                                 uint32_t flip)
 {
     const uint32_t lvl_mask = (1u << sign_bit) - 1;
     for (size_t i = 0; i < m; i++) {
         float v = (float)(c[i] & lvl_mask) * step;
         uint32_t vb;
         memcpy(&vb, &v, sizeof vb);
-        vb ^= (uint32_t)(c[i] >> sign_bit) << 31;
+        vb ^= ((uint32_t)(c[i] >> sign_bit) << 31) ^ flip;
         memcpy(&v, &vb, sizeof v);
         acc[i] += v;
     }
@@ -192,7 +193,8 @@ struct qsgd_kernels {
     float (*scale)(const float *x, size_t m, enum crux_qsgd_norm norm);
     void (*quantize)(const float *x, size_t m, uint32_t base, uint32_t key, float inv, int s,
                      int sign_bit, uint8_t *c);
-    void (*dequant_add)(const uint8_t *c, size_t m, float step, int sign_bit, float *acc);
+    void (*dequant_add)(const uint8_t *c, size_t m, float step, int sign_bit, float *acc,
+                        uint32_t flip);
     void (*pack)(const uint8_t *c, size_t m, int bits, uint8_t *out);
     void (*unpack)(const uint8_t *in, size_t m, int bits, uint8_t *c);
 };
@@ -208,9 +210,9 @@ struct qsgd_kernels {
         quantize_block_body(x, m, base, key, inv, s, sign_bit, c);                            \
     }                                                                                         \
     attr static void dequant_##suffix(const uint8_t *c, size_t m, float step, int sign_bit,   \
-                                      float *acc)                                             \
+                                      float *acc, uint32_t flip)                              \
     {                                                                                         \
-        dequant_add_block_body(c, m, step, sign_bit, acc);                                    \
+        dequant_add_block_body(c, m, step, sign_bit, acc, flip);                              \
     }                                                                                         \
     attr static void pack_##suffix(const uint8_t *c, size_t m, int bits, uint8_t *out)        \
     {                                                                                         \
@@ -347,7 +349,9 @@ int crux_qsgd_validate(const struct crux_qsgd *q, const uint8_t *in, size_t len,
     return CRUX_SUCCESS;
 }
 
-void crux_qsgd_decode_add(const struct crux_qsgd *q, const uint8_t *in, size_t n, float *acc)
+/* flip = 0x80000000 subtracts (the sign of every decoded value flipped). */
+static void decode_into(const struct crux_qsgd *q, const uint8_t *in, size_t n, float *acc,
+                        uint32_t flip)
 {
     const int bits = crux_qsgd_code_bits(q->levels);
     const size_t bucket = (size_t)q->bucket;
@@ -368,8 +372,18 @@ void crux_qsgd_decode_add(const struct crux_qsgd *q, const uint8_t *in, size_t n
                 for (size_t k = 0; k < mb; k++)
                     acc[off + i + k] += NAN;
             else
-                kern->dequant_add(c, mb, step, bits - 1, acc + off + i);
+                kern->dequant_add(c, mb, step, bits - 1, acc + off + i, flip);
             codes += code_bytes(bits, mb);
         }
     }
+}
+
+void crux_qsgd_decode_add(const struct crux_qsgd *q, const uint8_t *in, size_t n, float *acc)
+{
+    decode_into(q, in, n, acc, 0);
+}
+
+void crux_qsgd_decode_sub(const struct crux_qsgd *q, const uint8_t *in, size_t n, float *acc)
+{
+    decode_into(q, in, n, acc, 0x80000000u);
 }

@@ -53,6 +53,8 @@ int crux_qsgd_validate(const struct crux_qsgd *q, const uint8_t *in, size_t len,
 /* acc[i] += Q(v)_i for an encoding produced by crux_qsgd_encode (validated if it came off
  * the wire). */
 void crux_qsgd_decode_add(const struct crux_qsgd *q, const uint8_t *in, size_t n, float *acc);
+/* acc[i] -= Q(v)_i: the residual of error feedback. */
+void crux_qsgd_decode_sub(const struct crux_qsgd *q, const uint8_t *in, size_t n, float *acc);
 
 /* The kernel copy in use ("avx512", "avx2", "scalar"); tests force one (-1 if the CPU
  * cannot run it). All copies produce the same bytes. */

@@ -269,7 +269,9 @@ static int run_setup(struct run *r)
     char err[4608];
     const struct opts *o = &r->o;
     if (o->batch % (size_t)r->size) {
-        fprintf(stderr, "crux-train: --batch %zu is not divisible by the %d ranks\n", o->batch, r->size);
+        if (r->rank == 0)
+            fprintf(stderr, "crux-train: --batch %zu is not divisible by the %d ranks\n", o->batch,
+                    r->size);
         return CRUX_ERR_ARG;
     }
     if (data_load(o->data, "train", o->limit, &r->train, err, sizeof(err)) != 0 ||

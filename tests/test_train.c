@@ -459,10 +459,11 @@ Test(train_run, same_seed_same_loss_and_weights, .timeout = 300)
     cr_assert_not_null(fgets(row, sizeof(row), f));
     fclose(f);
     unlink(csv);
-    cr_assert_str_eq(header, "epoch,train_loss,test_acc,epoch_s,wall_s,dense_bytes,wire_bytes\n");
-    double loss, acc, es, ws;
+    cr_assert_str_eq(header, "epoch,train_loss,test_acc,epoch_s,wall_s,dense_bytes,wire_bytes,cpu_s\n");
+    double loss, acc, es, ws, cpu;
     unsigned long long dense, wire;
-    cr_assert_eq(sscanf(row, "1,%lf,%lf,%lf,%lf,%llu,%llu", &loss, &acc, &es, &ws, &dense, &wire), 6, "%s", row);
+    cr_assert_eq(sscanf(row, "1,%lf,%lf,%lf,%lf,%llu,%llu,%lf", &loss, &acc, &es, &ws, &dense, &wire, &cpu), 7,
+                 "%s", row);
     cr_assert_eq(loss, fa.loss);
     cr_assert_eq(acc, fa.acc);
     cr_assert_eq(dense, 15ull * 535818 * 4);

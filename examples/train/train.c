@@ -214,16 +214,6 @@ static void sgd_update(float *w, float *v, const float *g, size_t n, float lr, f
     }
 }
 
-static void gather_batch(const struct dataset *d, const size_t *idx, size_t stride, size_t count, float *x,
-                         uint8_t *y)
-{
-    for (size_t j = 0; j < count; j++) {
-        size_t i = idx[j * stride];
-        memcpy(x + j * DATA_PIXELS, d->x + i * DATA_PIXELS, DATA_PIXELS * sizeof(float));
-        y[j] = d->y[i];
-    }
-}
-
 /* Test accuracy: rank r scores test samples r, r+P, ...; counts summed. */
 static int evaluate(struct model *m, const struct dataset *test, int rank, int size, float *xb, uint8_t *yb,
                     double *acc)
@@ -234,7 +224,7 @@ static int evaluate(struct model *m, const struct dataset *test, int rank, int s
         size_t n = 0;
         for (; n < EVAL_BATCH && first < test->n; first += (size_t)size)
             idx[n++] = first;
-        gather_batch(test, idx, 1, n, xb, yb);
+        data_gather(test, idx, 1, n, xb, yb);
         counts[0] += (int64_t)model_count_correct(m, xb, yb, n);
         counts[1] += (int64_t)n;
     }
@@ -344,7 +334,7 @@ static int train_epoch(struct run *r, int epoch, double *loss)
     int rc;
     shuffle(r->perm, r->train.n, o->seed, epoch);
     for (size_t s = 0; s < steps; s++) {
-        gather_batch(&r->train, r->perm + s * o->batch + (size_t)r->rank, (size_t)r->size, local, r->xb, r->yb);
+        data_gather(&r->train, r->perm + s * o->batch + (size_t)r->rank, (size_t)r->size, local, r->xb, r->yb);
         sum += model_train_step(&r->model, r->xb, r->yb, local, 1.0f / (float)local);
         if ((rc = exchange_run(r->ex, r->model.grads)) != CRUX_SUCCESS) {
             fprintf(stderr, "crux-train: rank %d: gradient exchange at epoch %d step %zu: %s\n", r->rank,

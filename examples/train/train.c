@@ -180,9 +180,12 @@ static int parse_args(int argc, char **argv, struct opts *o)
 static double learning_rate(const struct opts *o, int epoch, size_t step, size_t steps)
 {
     switch (o->schedule) {
-    case SCHED_STEP:
-        return o->lr * (epoch >= (3 * o->epochs) / 4 && o->epochs >= 4 ? 0.01
-                        : epoch >= o->epochs / 2 && o->epochs >= 2 ? 0.1 : 1.0);
+    case SCHED_STEP: /* x0.1 from half-way, x0.01 from three quarters */
+        if (o->epochs >= 4 && 4 * epoch >= 3 * o->epochs)
+            return o->lr * 0.01;
+        if (o->epochs >= 2 && 2 * epoch >= o->epochs)
+            return o->lr * 0.1;
+        return o->lr;
     case SCHED_COSINE: {
         double t = ((double)epoch * (double)steps + (double)step) / ((double)o->epochs * (double)steps);
         return o->lr * 0.5 * (1.0 + cos(M_PI * t));
@@ -344,7 +347,9 @@ static int train_epoch(struct run *r, int epoch, double *loss)
         sgd_update(r->model.params, r->velocity, r->model.grads, r->model.nparams,
                    (float)learning_rate(o, epoch, s, steps), (float)o->momentum, (float)o->weight_decay);
     }
-    rc = crux_allreduce(CRUX_IN_PLACE, &sum, 1, CRUX_DOUBLE, CRUX_SUM, CRUX_COMM_WORLD);
+    if ((rc = crux_allreduce(CRUX_IN_PLACE, &sum, 1, CRUX_DOUBLE, CRUX_SUM, CRUX_COMM_WORLD)) != CRUX_SUCCESS)
+        fprintf(stderr, "crux-train: rank %d: summing the losses of epoch %d: %s\n", r->rank, epoch + 1,
+                crux_error_string(rc));
     *loss = sum / (double)(steps * o->batch);
     return rc;
 }
@@ -361,16 +366,21 @@ static int run_epochs(struct run *r)
                model_name(o->model), r->model.nparams, r->size, o->batch, o->batch / (size_t)r->size,
                r->train.n, r->test.n, o->ex.codec, sgemm_kernel_name());
     /* Ranks finish loading the data at different times; start the clocks together. */
-    if ((rc = crux_barrier(CRUX_COMM_WORLD)) != CRUX_SUCCESS)
+    if ((rc = crux_barrier(CRUX_COMM_WORLD)) != CRUX_SUCCESS) {
+        fprintf(stderr, "crux-train: rank %d: barrier before training: %s\n", r->rank, crux_error_string(rc));
         return rc;
+    }
     for (int e = 0; e < o->epochs; e++) {
         double t0 = crux_wtime(), c0 = cpu_seconds();
         if ((rc = train_epoch(r, e, &loss)) != CRUX_SUCCESS)
             return rc;
         double dt = crux_wtime() - t0, cpu = cpu_seconds() - c0;
         wall += dt;
-        if ((rc = evaluate(&r->model, &r->test, r->rank, r->size, r->xb, r->yb, &acc)) != CRUX_SUCCESS)
+        if ((rc = evaluate(&r->model, &r->test, r->rank, r->size, r->xb, r->yb, &acc)) != CRUX_SUCCESS) {
+            fprintf(stderr, "crux-train: rank %d: summing test counts after epoch %d: %s\n", r->rank, e + 1,
+                    crux_error_string(rc));
             return rc;
+        }
         exchange_totals(r->ex, &after);
         uint64_t dense = after.dense_bytes - before.dense_bytes, wire = after.wire_bytes - before.wire_bytes;
         double comm = after.comm_s - before.comm_s;

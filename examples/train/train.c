@@ -55,7 +55,8 @@ static void usage(FILE *f)
             "  --codec none|cltk|gtopk|topk|sketch|qsgd  gradient exchange (none = dense)\n"
             "  --memory none|residual|lowpass|momentum   error feedback (codec default)\n"
             "  --density X            kept fraction for top-k codecs (codec default)\n"
-            "  --beta X               low-pass coefficient, or DGC momentum (codec default)\n"
+            "  --beta X               low-pass coefficient, or DGC momentum (codec default;\n"
+            "                         DGC: --momentum, and SGD then runs without its own)\n"
             "  --sketch-rows N, --sketch-cols N  Count Sketch shape (codec default)\n"
             "  --qsgd-levels N        QSGD quantisation levels (codec default)\n"
             "  --data DIR             Fashion-MNIST IDX files (%s)\n"
@@ -174,6 +175,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
         return -1;
     }
     o->ex.seed = o->seed;
+    o->ex.momentum = o->momentum;
     return 0;
 }
 
@@ -303,6 +305,14 @@ static int run_setup(struct run *r)
     if (rc != CRUX_SUCCESS) {
         fprintf(stderr, "crux-train: %s\n", err);
         return rc;
+    }
+    if (exchange_has_momentum(r->ex) && r->o.momentum != 0.0) {
+        /* DGC (Lin et al. 2018, sec. 3.2): momentum is accumulated before
+         * sparsification, inside the compressor; a second one would compound it. */
+        if (r->rank == 0)
+            printf("crux-train: codec memory is momentum (DGC): momentum correction inside the "
+                   "compressor (--beta, default --momentum), plain SGD outside\n");
+        r->o.momentum = 0.0;
     }
     if (o->csv && r->rank == 0) {
         if (!(r->csv = fopen(o->csv, "w"))) {

@@ -419,16 +419,21 @@ static void final_of(const char *out, int r, struct final_line *f)
     cr_assert_eq(sscanf(p + strlen(key), "%lf test acc %lf weights fnv1a %16s", &f->loss, &f->acc, f->hash), 3);
 }
 
-static void train(int ranks, const char *limit, const char *model, struct proc_result *res)
+static void train_csv(int ranks, const char *limit, const char *model, const char *csv, struct proc_result *res)
 {
     char n[8];
     snprintf(n, sizeof(n), "%d", ranks);
     char *argv[] = { CRUX_RUN_PATH, "-n", n, "--", CRUX_TRAIN_PATH, "--model", (char *)model, "--epochs", "1",
-                     "--limit", (char *)limit, "--seed", "7", NULL };
+                     "--limit", (char *)limit, "--seed", "7", csv ? "--csv" : NULL, (char *)csv, NULL };
     cr_assert_eq(run_proc(argv, NULL, 300, res), 0);
     if (res->status != 0)
         proc_result_dump(res);
     cr_assert_eq(res->status, 0);
+}
+
+static void train(int ranks, const char *limit, const char *model, struct proc_result *res)
+{
+    train_csv(ranks, limit, model, NULL, res);
 }
 
 Test(train_run, same_seed_same_loss_and_weights, .timeout = 300)
@@ -436,7 +441,9 @@ Test(train_run, same_seed_same_loss_and_weights, .timeout = 300)
     SKIP_WITHOUT_DATASET();
     struct proc_result a, b;
     struct final_line fa, fb;
-    train(1, "2000", "mlp", &a);
+    char csv[64];
+    snprintf(csv, sizeof(csv), "/tmp/crux-test-train-%d.csv", (int)getpid());
+    train_csv(1, "2000", "mlp", csv, &a);
     train(1, "2000", "mlp", &b);
     final_of(a.out, 0, &fa);
     final_of(b.out, 0, &fb);
@@ -444,6 +451,23 @@ Test(train_run, same_seed_same_loss_and_weights, .timeout = 300)
     cr_assert(la && lb);
     cr_assert_eq(strncmp(la, lb, strcspn(la, "t")), 0, "loss differs:\n%s\n%s", la, lb);
     cr_assert_str_eq(fa.hash, fb.hash, "weights differ between two runs with the same seed");
+    /* the CSV row: 15 steps of 2000/128 exchange 535818 floats each */
+    FILE *f = fopen(csv, "r");
+    cr_assert_not_null(f);
+    char header[256], row[256];
+    cr_assert_not_null(fgets(header, sizeof(header), f));
+    cr_assert_not_null(fgets(row, sizeof(row), f));
+    fclose(f);
+    unlink(csv);
+    cr_assert_str_eq(header, "epoch,train_loss,test_acc,epoch_s,wall_s,dense_bytes,wire_bytes,cpu_s\n");
+    double loss, acc, es, ws, cpu;
+    unsigned long long dense, wire;
+    cr_assert_eq(sscanf(row, "1,%lf,%lf,%lf,%lf,%llu,%llu,%lf", &loss, &acc, &es, &ws, &dense, &wire, &cpu), 7,
+                 "%s", row);
+    cr_assert_eq(loss, fa.loss);
+    cr_assert_eq(acc, fa.acc);
+    cr_assert_eq(dense, 15ull * 535818 * 4);
+    cr_assert_eq(wire, dense);
     proc_result_free(&a);
     proc_result_free(&b);
 }

@@ -60,15 +60,16 @@ int data_load(const char *dir, const char *split, size_t limit, struct dataset *
     size_t n = img.dims[0];
     if (limit > 0 && limit < n)
         n = limit;
-    out->x = malloc(n * DATA_PIXELS * sizeof(float));
+    out->pixels = malloc(n * DATA_PIXELS);
     out->y = malloc(n);
-    if (!out->x || !out->y) {
+    if (!out->pixels || !out->y) {
         snprintf(err, errlen, "out of memory for %zu samples", n);
         data_free(out);
         goto out;
     }
-    for (size_t i = 0; i < n * DATA_PIXELS; i++)
-        out->x[i] = (img.data[i] / 255.0f - PIXEL_MEAN) / PIXEL_STD;
+    memcpy(out->pixels, img.data, n * DATA_PIXELS);
+    for (int v = 0; v < 256; v++)
+        out->lut[v] = ((float)v / 255.0f - PIXEL_MEAN) / PIXEL_STD;
     for (size_t i = 0; i < n; i++) {
         if (lab.data[i] >= DATA_CLASSES) {
             snprintf(err, errlen, "%s/%s: label %u of sample %zu out of range", dir, split, lab.data[i], i);
@@ -85,9 +86,20 @@ out:
     return rc;
 }
 
+void data_gather(const struct dataset *d, const size_t *idx, size_t stride, size_t count, float *x, uint8_t *y)
+{
+    for (size_t j = 0; j < count; j++) {
+        size_t i = idx[j * stride];
+        const uint8_t *src = d->pixels + i * DATA_PIXELS;
+        for (size_t p = 0; p < DATA_PIXELS; p++)
+            x[j * DATA_PIXELS + p] = d->lut[src[p]];
+        y[j] = d->y[i];
+    }
+}
+
 void data_free(struct dataset *d)
 {
-    free(d->x);
+    free(d->pixels);
     free(d->y);
     memset(d, 0, sizeof(*d));
 }

@@ -1,4 +1,5 @@
-/* data.h - Fashion-MNIST as float images (normalised) and byte labels. */
+/* data.h - Fashion-MNIST: byte images (a quarter of the memory of floats, which
+ * matters with one copy per rank) turned into normalised floats per batch. */
 #ifndef CRUX_TRAIN_DATA_H
 #define CRUX_TRAIN_DATA_H
 
@@ -12,8 +13,9 @@
 
 struct dataset {
     size_t n;
-    float *x;   /* n x 784, (pixel/255 - mean) / std */
-    uint8_t *y; /* n labels in 0..9 */
+    uint8_t *pixels; /* n x 784 */
+    uint8_t *y;      /* n labels in 0..9 */
+    float lut[256];  /* pixel value -> (v/255 - mean) / std */
 };
 
 /* split is "train" or "t10k". limit > 0 keeps the first limit samples.
@@ -21,5 +23,7 @@ struct dataset {
 int data_load(const char *dir, const char *split, size_t limit, struct dataset *out, char *err,
               size_t errlen);
 void data_free(struct dataset *d);
+/* Samples idx[0], idx[stride], ... (count of them) into x (count x 784) and y. */
+void data_gather(const struct dataset *d, const size_t *idx, size_t stride, size_t count, float *x, uint8_t *y);
 
 #endif

@@ -12,6 +12,7 @@ struct exchange {
     struct exchange_totals totals;
 #ifdef CRUX_HAVE_COMPRESS
     crux_compressor_t comp; /* NULL for --codec none */
+    int momentum;           /* the codec's memory is CRUX_MEMORY_MOMENTUM */
     float *sum;             /* compressed result, count floats */
 #endif
 };
@@ -94,6 +95,9 @@ static int compressor_open(struct exchange *x, const struct exchange_opts *o, ch
         snprintf(err, errlen, "out of memory for a %zu-float gradient", x->count);
         return CRUX_ERR_NOMEM;
     }
+    x->momentum = cfg.memory == CRUX_MEMORY_MOMENTUM;
+    if (x->momentum && o->beta < 0)
+        cfg.beta = (float)o->momentum;
     int rc = crux_compressor_create(x->comm, x->count, &cfg, &x->comp);
     if (rc != CRUX_SUCCESS)
         snprintf(err, errlen, "crux_compressor_create(codec %s, %zu floats): %s", o->codec, x->count,
@@ -174,6 +178,16 @@ int exchange_run(struct exchange *x, float *grad)
     x->totals.wire_bytes += x->count * sizeof(float);
     x->totals.comm_s += crux_wtime() - t0;
     return CRUX_SUCCESS;
+}
+
+int exchange_has_momentum(const struct exchange *x)
+{
+#ifdef CRUX_HAVE_COMPRESS
+    return x->comp && x->momentum;
+#else
+    (void)x;
+    return 0;
+#endif
 }
 
 void exchange_totals(const struct exchange *x, struct exchange_totals *t)

@@ -16,6 +16,7 @@ struct exchange_opts {
     double density;      /* < 0: codec default */
     double beta;         /* < 0: codec default */
     int sketch_rows, sketch_cols, qsgd_levels;  /* < 0: codec default */
+    double momentum;     /* the optimiser's: DGC's beta when --beta is not given */
     uint64_t seed;
 };
 
@@ -33,6 +34,9 @@ int exchange_create(crux_comm_t comm, size_t count, const struct exchange_opts *
 int exchange_run(struct exchange *x, float *grad);
 void exchange_totals(const struct exchange *x, struct exchange_totals *t);
 void exchange_free(struct exchange *x);
+/* 1 if the compressor applies momentum itself (DGC's momentum correction,
+ * CRUX_MEMORY_MOMENTUM): the optimiser must then not add its own. */
+int exchange_has_momentum(const struct exchange *x);
 /* 1 if --codec NAME can run in this build. */
 int exchange_codec_built(const char *name);
 

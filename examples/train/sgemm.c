@@ -51,16 +51,29 @@ __attribute__((target("avx2,fma"))) static void kernel_avx2(size_t kc, const flo
     __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
     __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
     __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-    for (size_t p = 0; p < kc; p++) {
-        __m256 b0 = _mm256_loadu_ps(bp + p * NR), b1 = _mm256_loadu_ps(bp + p * NR + 8);
-        const float *a = ap + p * cs;
-        __m256 x;
-        x = _mm256_broadcast_ss(a + 0 * rs); c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);
-        x = _mm256_broadcast_ss(a + 1 * rs); c10 = _mm256_fmadd_ps(x, b0, c10); c11 = _mm256_fmadd_ps(x, b1, c11);
-        x = _mm256_broadcast_ss(a + 2 * rs); c20 = _mm256_fmadd_ps(x, b0, c20); c21 = _mm256_fmadd_ps(x, b1, c21);
-        x = _mm256_broadcast_ss(a + 3 * rs); c30 = _mm256_fmadd_ps(x, b0, c30); c31 = _mm256_fmadd_ps(x, b1, c31);
-        x = _mm256_broadcast_ss(a + 4 * rs); c40 = _mm256_fmadd_ps(x, b0, c40); c41 = _mm256_fmadd_ps(x, b1, c41);
-        x = _mm256_broadcast_ss(a + 5 * rs); c50 = _mm256_fmadd_ps(x, b0, c50); c51 = _mm256_fmadd_ps(x, b1, c51);
+    if (nr <= 8) { /* narrow panel (a 6-filter conv): half the work */
+        for (size_t p = 0; p < kc; p++) {
+            __m256 b0 = _mm256_loadu_ps(bp + p * NR);
+            const float *a = ap + p * cs;
+            c00 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 0 * rs), b0, c00);
+            c10 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 1 * rs), b0, c10);
+            c20 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 2 * rs), b0, c20);
+            c30 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 3 * rs), b0, c30);
+            c40 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 4 * rs), b0, c40);
+            c50 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 5 * rs), b0, c50);
+        }
+    } else {
+        for (size_t p = 0; p < kc; p++) {
+            __m256 b0 = _mm256_loadu_ps(bp + p * NR), b1 = _mm256_loadu_ps(bp + p * NR + 8);
+            const float *a = ap + p * cs;
+            __m256 x;
+            x = _mm256_broadcast_ss(a + 0 * rs); c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);
+            x = _mm256_broadcast_ss(a + 1 * rs); c10 = _mm256_fmadd_ps(x, b0, c10); c11 = _mm256_fmadd_ps(x, b1, c11);
+            x = _mm256_broadcast_ss(a + 2 * rs); c20 = _mm256_fmadd_ps(x, b0, c20); c21 = _mm256_fmadd_ps(x, b1, c21);
+            x = _mm256_broadcast_ss(a + 3 * rs); c30 = _mm256_fmadd_ps(x, b0, c30); c31 = _mm256_fmadd_ps(x, b1, c31);
+            x = _mm256_broadcast_ss(a + 4 * rs); c40 = _mm256_fmadd_ps(x, b0, c40); c41 = _mm256_fmadd_ps(x, b1, c41);
+            x = _mm256_broadcast_ss(a + 5 * rs); c50 = _mm256_fmadd_ps(x, b0, c50); c51 = _mm256_fmadd_ps(x, b1, c51);
+        }
     }
     float acc[MR][NR];
     _mm256_storeu_ps(acc[0], c00); _mm256_storeu_ps(acc[0] + 8, c01);

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <crux.h>
 
@@ -54,13 +55,14 @@ static void usage(FILE *f)
             "  --codec none|cltk|gtopk|topk|sketch|qsgd  gradient exchange (none = dense)\n"
             "  --memory none|residual|lowpass|momentum   error feedback (codec default)\n"
             "  --density X            kept fraction for top-k codecs (codec default)\n"
-            "  --beta X               low-pass coefficient, or DGC momentum (codec default)\n"
+            "  --beta X               low-pass coefficient, or DGC momentum (codec default;\n"
+            "                         DGC: --momentum, and SGD then runs without its own)\n"
             "  --sketch-rows N, --sketch-cols N  Count Sketch shape (codec default)\n"
             "  --qsgd-levels N        QSGD quantisation levels (codec default)\n"
             "  --data DIR             Fashion-MNIST IDX files (%s)\n"
             "  --limit N              use only the first N training samples\n"
             "  --csv FILE             per epoch: epoch,train_loss,test_acc,epoch_s,wall_s,\n"
-            "                         dense_bytes,wire_bytes (rank 0 writes it)\n"
+            "                         dense_bytes,wire_bytes,cpu_s (rank 0 writes it)\n"
             "  --help\n",
             DATA_DEFAULT_DIR);
 }
@@ -173,15 +175,19 @@ static int parse_args(int argc, char **argv, struct opts *o)
         return -1;
     }
     o->ex.seed = o->seed;
+    o->ex.momentum = o->momentum;
     return 0;
 }
 
 static double learning_rate(const struct opts *o, int epoch, size_t step, size_t steps)
 {
     switch (o->schedule) {
-    case SCHED_STEP:
-        return o->lr * (epoch >= (3 * o->epochs) / 4 && o->epochs >= 4 ? 0.01
-                        : epoch >= o->epochs / 2 && o->epochs >= 2 ? 0.1 : 1.0);
+    case SCHED_STEP: /* x0.1 from half-way, x0.01 from three quarters */
+        if (o->epochs >= 4 && 4 * epoch >= 3 * o->epochs)
+            return o->lr * 0.01;
+        if (o->epochs >= 2 && 2 * epoch >= o->epochs)
+            return o->lr * 0.1;
+        return o->lr;
     case SCHED_COSINE: {
         double t = ((double)epoch * (double)steps + (double)step) / ((double)o->epochs * (double)steps);
         return o->lr * 0.5 * (1.0 + cos(M_PI * t));
@@ -213,16 +219,6 @@ static void sgd_update(float *w, float *v, const float *g, size_t n, float lr, f
     }
 }
 
-static void gather_batch(const struct dataset *d, const size_t *idx, size_t stride, size_t count, float *x,
-                         uint8_t *y)
-{
-    for (size_t j = 0; j < count; j++) {
-        size_t i = idx[j * stride];
-        memcpy(x + j * DATA_PIXELS, d->x + i * DATA_PIXELS, DATA_PIXELS * sizeof(float));
-        y[j] = d->y[i];
-    }
-}
-
 /* Test accuracy: rank r scores test samples r, r+P, ...; counts summed. */
 static int evaluate(struct model *m, const struct dataset *test, int rank, int size, float *xb, uint8_t *yb,
                     double *acc)
@@ -233,13 +229,22 @@ static int evaluate(struct model *m, const struct dataset *test, int rank, int s
         size_t n = 0;
         for (; n < EVAL_BATCH && first < test->n; first += (size_t)size)
             idx[n++] = first;
-        gather_batch(test, idx, 1, n, xb, yb);
+        data_gather(test, idx, 1, n, xb, yb);
         counts[0] += (int64_t)model_count_correct(m, xb, yb, n);
         counts[1] += (int64_t)n;
     }
     int rc = crux_allreduce(CRUX_IN_PLACE, counts, 2, CRUX_INT64, CRUX_SUM, CRUX_COMM_WORLD);
     *acc = counts[1] ? (double)counts[0] / (double)counts[1] : 0.0;
     return rc;
+}
+
+/* CPU seconds of this process: on a shared machine the honest compute figure
+ * beside wall time. */
+static double cpu_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* FNV-1a over the weights' bytes: equal on every rank iff the weights are. */
@@ -269,7 +274,9 @@ static int run_setup(struct run *r)
     char err[4608];
     const struct opts *o = &r->o;
     if (o->batch % (size_t)r->size) {
-        fprintf(stderr, "crux-train: --batch %zu is not divisible by the %d ranks\n", o->batch, r->size);
+        if (r->rank == 0)
+            fprintf(stderr, "crux-train: --batch %zu is not divisible by the %d ranks\n", o->batch,
+                    r->size);
         return CRUX_ERR_ARG;
     }
     if (data_load(o->data, "train", o->limit, &r->train, err, sizeof(err)) != 0 ||
@@ -299,12 +306,20 @@ static int run_setup(struct run *r)
         fprintf(stderr, "crux-train: %s\n", err);
         return rc;
     }
+    if (exchange_has_momentum(r->ex) && r->o.momentum != 0.0) {
+        /* DGC (Lin et al. 2018, sec. 3.2): momentum is accumulated before
+         * sparsification, inside the compressor; a second one would compound it. */
+        if (r->rank == 0)
+            printf("crux-train: codec memory is momentum (DGC): momentum correction inside the "
+                   "compressor (--beta, default --momentum), plain SGD outside\n");
+        r->o.momentum = 0.0;
+    }
     if (o->csv && r->rank == 0) {
         if (!(r->csv = fopen(o->csv, "w"))) {
             perror(o->csv);
             return CRUX_ERR_ARG;
         }
-        fprintf(r->csv, "epoch,train_loss,test_acc,epoch_s,wall_s,dense_bytes,wire_bytes\n");
+        fprintf(r->csv, "epoch,train_loss,test_acc,epoch_s,wall_s,dense_bytes,wire_bytes,cpu_s\n");
     }
     return CRUX_SUCCESS;
 }
@@ -332,7 +347,7 @@ static int train_epoch(struct run *r, int epoch, double *loss)
     int rc;
     shuffle(r->perm, r->train.n, o->seed, epoch);
     for (size_t s = 0; s < steps; s++) {
-        gather_batch(&r->train, r->perm + s * o->batch + (size_t)r->rank, (size_t)r->size, local, r->xb, r->yb);
+        data_gather(&r->train, r->perm + s * o->batch + (size_t)r->rank, (size_t)r->size, local, r->xb, r->yb);
         sum += model_train_step(&r->model, r->xb, r->yb, local, 1.0f / (float)local);
         if ((rc = exchange_run(r->ex, r->model.grads)) != CRUX_SUCCESS) {
             fprintf(stderr, "crux-train: rank %d: gradient exchange at epoch %d step %zu: %s\n", r->rank,
@@ -342,7 +357,9 @@ static int train_epoch(struct run *r, int epoch, double *loss)
         sgd_update(r->model.params, r->velocity, r->model.grads, r->model.nparams,
                    (float)learning_rate(o, epoch, s, steps), (float)o->momentum, (float)o->weight_decay);
     }
-    rc = crux_allreduce(CRUX_IN_PLACE, &sum, 1, CRUX_DOUBLE, CRUX_SUM, CRUX_COMM_WORLD);
+    if ((rc = crux_allreduce(CRUX_IN_PLACE, &sum, 1, CRUX_DOUBLE, CRUX_SUM, CRUX_COMM_WORLD)) != CRUX_SUCCESS)
+        fprintf(stderr, "crux-train: rank %d: summing the losses of epoch %d: %s\n", r->rank, epoch + 1,
+                crux_error_string(rc));
     *loss = sum / (double)(steps * o->batch);
     return rc;
 }
@@ -359,29 +376,34 @@ static int run_epochs(struct run *r)
                model_name(o->model), r->model.nparams, r->size, o->batch, o->batch / (size_t)r->size,
                r->train.n, r->test.n, o->ex.codec, sgemm_kernel_name());
     /* Ranks finish loading the data at different times; start the clocks together. */
-    if ((rc = crux_barrier(CRUX_COMM_WORLD)) != CRUX_SUCCESS)
+    if ((rc = crux_barrier(CRUX_COMM_WORLD)) != CRUX_SUCCESS) {
+        fprintf(stderr, "crux-train: rank %d: barrier before training: %s\n", r->rank, crux_error_string(rc));
         return rc;
+    }
     for (int e = 0; e < o->epochs; e++) {
-        double t0 = crux_wtime();
+        double t0 = crux_wtime(), c0 = cpu_seconds();
         if ((rc = train_epoch(r, e, &loss)) != CRUX_SUCCESS)
             return rc;
-        double dt = crux_wtime() - t0;
+        double dt = crux_wtime() - t0, cpu = cpu_seconds() - c0;
         wall += dt;
-        if ((rc = evaluate(&r->model, &r->test, r->rank, r->size, r->xb, r->yb, &acc)) != CRUX_SUCCESS)
+        if ((rc = evaluate(&r->model, &r->test, r->rank, r->size, r->xb, r->yb, &acc)) != CRUX_SUCCESS) {
+            fprintf(stderr, "crux-train: rank %d: summing test counts after epoch %d: %s\n", r->rank, e + 1,
+                    crux_error_string(rc));
             return rc;
+        }
         exchange_totals(r->ex, &after);
         uint64_t dense = after.dense_bytes - before.dense_bytes, wire = after.wire_bytes - before.wire_bytes;
         double comm = after.comm_s - before.comm_s;
         before = after;
         if (r->rank == 0) {
-            printf("epoch %d/%d  loss %.9g  test acc %.4f  %.3f s (exchange %.3f s)  dense %" PRIu64
+            printf("epoch %d/%d  loss %.9g  test acc %.4f  %.3f s (exchange %.3f s, cpu %.3f s)  dense %" PRIu64
                    " B  wire %" PRIu64 " B\n",
-                   e + 1, o->epochs, loss, acc, dt, comm, dense, wire);
+                   e + 1, o->epochs, loss, acc, dt, comm, cpu, dense, wire);
             fflush(stdout);
         }
         if (r->csv) {
-            fprintf(r->csv, "%d,%.9g,%.4f,%.6f,%.6f,%" PRIu64 ",%" PRIu64 "\n", e + 1, loss, acc, dt, wall,
-                    dense, wire);
+            fprintf(r->csv, "%d,%.9g,%.4f,%.6f,%.6f,%" PRIu64 ",%" PRIu64 ",%.6f\n", e + 1, loss, acc, dt, wall,
+                    dense, wire, cpu);
             fflush(r->csv);
         }
     }

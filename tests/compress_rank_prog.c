@@ -11,10 +11,13 @@
  *   crux_test_compress_rank split cltk|gtopk|sketch    check on both halves of a split
  *   crux_test_compress_rank badcfg
  *   crux_test_compress_rank mismatch count|config
+ *   crux_test_compress_rank kill cltk|gtopk|sketch VICTIM   VICTIM dies at call 3; the
+ *                              others must get CRUX_ERR_PEER or _TIMEOUT (exit 3), no hang
  *
  * Exit 0 and "rank R: OK" when every check passed; 1 on a failed check.
  */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -516,6 +519,35 @@ static int mode_mismatch(const char *what)
     return failures;
 }
 
+/* A peer SIGKILLs itself in the middle of a stream of compressed calls. */
+static int mode_kill(int codec, int victim)
+{
+    crux_compress_config_t cfg;
+    crux_compress_config_init(&cfg, codec);
+    size_t n = 1 << 18;
+    crux_compressor_t c;
+    CHECK_RC(crux_compressor_create(g_comm, n, &cfg, &c));
+    float *g = xcalloc(n, 4), *out = xcalloc(n, 4);
+    for (size_t i = 0; i < n; i++)
+        g[i] = (float)((int)(i % 101) - 50);
+    for (int t = 0; t < 1000; t++) {
+        if (rank == victim && t == 3) {
+            fflush(stdout);
+            raise(SIGKILL);
+        }
+        int rc = crux_compressed_allreduce(c, g, out);
+        if (rc != CRUX_SUCCESS) {
+            printf("rank %d: compressed allreduce after a peer died returned %s\n", rank,
+                   crux_error_string(rc));
+            fflush(stdout);
+            crux_compressor_free(&c);
+            crux_finalize();
+            return rc == CRUX_ERR_PEER || rc == CRUX_ERR_TIMEOUT ? 3 : 4;
+        }
+    }
+    return 5;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -546,6 +578,8 @@ int main(int argc, char **argv)
         rc = mode_badcfg();
     else if (!strcmp(argv[1], "mismatch") && argc == 3)
         rc = mode_mismatch(argv[2]);
+    else if (!strcmp(argv[1], "kill") && argc == 4)
+        return mode_kill(parse_codec(argv[2]), atoi(argv[3]));
     else {
         fprintf(stderr, "unknown mode %s\n", argv[1]);
         return 2;

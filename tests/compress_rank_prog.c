@@ -326,7 +326,9 @@ static int mode_check(int codec, size_t n, int steps, float beta, double density
         s.mem[r] = xcalloc(n, 4), s.acc[r] = xcalloc(n, 4);
     s.out = xcalloc(n, 4);
     float (*grad)(int, int, size_t) = codec == CRUX_CODEC_SKETCH ? grad_planted : grad_general;
-    float *g = xcalloc(n, 4), *out = xcalloc(n, 4);
+    /* Off a 64-byte boundary by one float: vector paths must take any alignment. */
+    float *g_base = xcalloc(n + 1, 4), *out_base = xcalloc(n + 1, 4);
+    float *g = g_base + 1, *out = out_base + 1;
     /* Conservation (beta = 1, CLT-k and sketch): sum of outputs + sum of the
      * ranks' memories == sum of all inputs, exactly. gTop-k drops, by design, the
      * values of indices that lost a merge but reached the global set elsewhere. */
@@ -403,7 +405,7 @@ static int mode_check(int codec, size_t n, int steps, float beta, double density
         FAIL("crux_compressor_free did not reset the handle");
     for (int r = 0; r < P; r++)
         free(s.mem[r]), free(s.acc[r]);
-    free(s.mem), free(s.acc), free(s.out), free(g), free(out);
+    free(s.mem), free(s.acc), free(s.out), free(g_base), free(out_base);
     return failures;
 }
 

@@ -11,10 +11,13 @@
  *   crux_test_compress_rank split cltk|gtopk|sketch    check on both halves of a split
  *   crux_test_compress_rank badcfg
  *   crux_test_compress_rank mismatch count|config
+ *   crux_test_compress_rank kill cltk|gtopk|sketch VICTIM   VICTIM dies at call 3; the
+ *                              others must get CRUX_ERR_PEER or _TIMEOUT (exit 3), no hang
  *
  * Exit 0 and "rank R: OK" when every check passed; 1 on a failed check.
  */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -323,7 +326,9 @@ static int mode_check(int codec, size_t n, int steps, float beta, double density
         s.mem[r] = xcalloc(n, 4), s.acc[r] = xcalloc(n, 4);
     s.out = xcalloc(n, 4);
     float (*grad)(int, int, size_t) = codec == CRUX_CODEC_SKETCH ? grad_planted : grad_general;
-    float *g = xcalloc(n, 4), *out = xcalloc(n, 4);
+    /* Off a 64-byte boundary by one float: vector paths must take any alignment. */
+    float *g_base = xcalloc(n + 1, 4), *out_base = xcalloc(n + 1, 4);
+    float *g = g_base + 1, *out = out_base + 1;
     /* Conservation (beta = 1, CLT-k and sketch): sum of outputs + sum of the
      * ranks' memories == sum of all inputs, exactly. gTop-k drops, by design, the
      * values of indices that lost a merge but reached the global set elsewhere. */
@@ -400,7 +405,7 @@ static int mode_check(int codec, size_t n, int steps, float beta, double density
         FAIL("crux_compressor_free did not reset the handle");
     for (int r = 0; r < P; r++)
         free(s.mem[r]), free(s.acc[r]);
-    free(s.mem), free(s.acc), free(s.out), free(g), free(out);
+    free(s.mem), free(s.acc), free(s.out), free(g_base), free(out_base);
     return failures;
 }
 
@@ -516,6 +521,35 @@ static int mode_mismatch(const char *what)
     return failures;
 }
 
+/* A peer SIGKILLs itself in the middle of a stream of compressed calls. */
+static int mode_kill(int codec, int victim)
+{
+    crux_compress_config_t cfg;
+    crux_compress_config_init(&cfg, codec);
+    size_t n = 1 << 18;
+    crux_compressor_t c;
+    CHECK_RC(crux_compressor_create(g_comm, n, &cfg, &c));
+    float *g = xcalloc(n, 4), *out = xcalloc(n, 4);
+    for (size_t i = 0; i < n; i++)
+        g[i] = (float)((int)(i % 101) - 50);
+    for (int t = 0; t < 1000; t++) {
+        if (rank == victim && t == 3) {
+            fflush(stdout);
+            raise(SIGKILL);
+        }
+        int rc = crux_compressed_allreduce(c, g, out);
+        if (rc != CRUX_SUCCESS) {
+            printf("rank %d: compressed allreduce after a peer died returned %s\n", rank,
+                   crux_error_string(rc));
+            fflush(stdout);
+            crux_compressor_free(&c);
+            crux_finalize();
+            return rc == CRUX_ERR_PEER || rc == CRUX_ERR_TIMEOUT ? 3 : 4;
+        }
+    }
+    return 5;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -546,6 +580,8 @@ int main(int argc, char **argv)
         rc = mode_badcfg();
     else if (!strcmp(argv[1], "mismatch") && argc == 3)
         rc = mode_mismatch(argv[2]);
+    else if (!strcmp(argv[1], "kill") && argc == 4)
+        return mode_kill(parse_codec(argv[2]), atoi(argv[3]));
     else {
         fprintf(stderr, "unknown mode %s\n", argv[1]);
         return 2;

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "crux.h"
 #include "harness.h"
 
 static void run_ranks(int n, const char *transport, const char *chunk_bytes, char *const args[])
@@ -132,3 +133,37 @@ Test(compress_errors, mismatched_config)
     char *args[] = { "mismatch", "config", NULL };
     run_ranks(2, "shm", "4M", args);
 }
+
+/* A rank dies between calls: every survivor returns CRUX_ERR_PEER or _TIMEOUT (the
+ * rank program exits 3 after printing it), nobody hangs. */
+static void run_kill(int n, const char *transport, const char *codec, int victim)
+{
+    char nbuf[16], tp[64], vbuf[16];
+    snprintf(nbuf, sizeof(nbuf), "%d", n);
+    snprintf(tp, sizeof(tp), "CRUX_TRANSPORT=%s", transport);
+    snprintf(vbuf, sizeof(vbuf), "%d", victim);
+    char *argv[] = { CRUX_RUN_PATH, "-n", nbuf, "--grace", "60", "--", CRUX_TEST_COMPRESS_RANKPROG,
+                     "kill", (char *)codec, vbuf, NULL };
+    char *env[] = { tp, "CRUX_TIMEOUT=20", "CRUX_COMPRESS_CHUNK_BYTES=64K", NULL };
+    struct proc_result res;
+    cr_assert_eq(run_proc(argv, env, 120, &res), 0);
+    int timed_out = res.timed_out, status = res.status, reports = 0, bad = 0;
+    for (const char *p = res.out; (p = strstr(p, "after a peer died returned ")); p++) {
+        const char *e = p + strlen("after a peer died returned ");
+        if (strncmp(e, crux_error_string(CRUX_ERR_PEER), strlen(crux_error_string(CRUX_ERR_PEER))) &&
+            strncmp(e, crux_error_string(CRUX_ERR_TIMEOUT), strlen(crux_error_string(CRUX_ERR_TIMEOUT))))
+            bad++;
+        reports++;
+    }
+    if (timed_out || reports != n - 1 || bad)
+        proc_result_dump(&res);
+    proc_result_free(&res);
+    cr_assert(!timed_out, "the job hung");
+    cr_assert_neq(status, 0, "crux-run must fail when a rank is killed");
+    cr_assert_eq(bad, 0, "a survivor returned another error");
+    cr_assert_eq(reports, n - 1, "%d of %d survivors reported the failure", reports, n - 1);
+}
+
+Test(compress_fail, kill_cltk_shm_3ranks, .timeout = 180) { run_kill(3, "shm", "cltk", 1); }
+Test(compress_fail, kill_gtopk_tcp_3ranks, .timeout = 180) { run_kill(3, "tcp", "gtopk", 2); }
+Test(compress_fail, kill_sketch_shm_2ranks, .timeout = 180) { run_kill(2, "shm", "sketch", 0); }

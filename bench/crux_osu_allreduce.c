@@ -22,7 +22,7 @@
  * nccl-tests convention).
  * Unlike OMB this runs with a single rank too.
  *
- * --codec cltk|gtopk|sketch [--density D] [--beta B] [--sketch-rows R]
+ * --codec cltk|gtopk|sketch|topk|qsgd [--density D] [--beta B] [--sketch-rows R]
  * [--sketch-cols C] times crux_compressed_allreduce instead (float only; the
  * compressor is created once per size, untimed; inputs are a fixed pseudo-random
  * heavy-tailed pattern per rank). Extra columns: the mean over ranks and timed
@@ -63,6 +63,7 @@ struct opts {
     double density;
     float beta;
     int sketch_rows, sketch_cols;
+    int qsgd_levels;
     crux_op_t op;
     crux_datatype_t dtypes[MAX_DTYPES];
     int ndtypes;
@@ -138,13 +139,20 @@ static int parse_op(const char *s, crux_op_t *op)
     return -1;
 }
 
+static const char *codec_name(crux_codec_t c)
+{
+    static const char *names[] = { "none", "cltk", "gtopk", "topk", "sketch", "qsgd" };
+    return (unsigned)c < sizeof(names) / sizeof(names[0]) ? names[c] : "?";
+}
+
 static int parse_codec(const char *s, struct opts *o)
 {
     static const struct {
         const char *name;
         crux_codec_t codec;
     } codecs[] = { { "cltk", CRUX_CODEC_CLTK }, { "gtopk", CRUX_CODEC_GTOPK },
-                   { "sketch", CRUX_CODEC_SKETCH } };
+                   { "sketch", CRUX_CODEC_SKETCH }, { "topk", CRUX_CODEC_TOPK },
+                   { "qsgd", CRUX_CODEC_QSGD } };
     for (size_t i = 0; i < sizeof(codecs) / sizeof(codecs[0]); i++)
         if (!strcasecmp(s, codecs[i].name)) {
             crux_compress_config_init(&o->ccfg, codecs[i].codec);
@@ -228,9 +236,10 @@ static void usage(const char *prog)
            "  -o, --op OP                   sum|prod|max|min (default sum)\n"
            "  -l, --in-place                sendbuf = CRUX_IN_PLACE\n"
            "  -b, --busbw                   add algbw and busbw = algbw*2(n-1)/n columns (GB/s)\n"
-           "      --codec cltk|gtopk|sketch time crux_compressed_allreduce (float) instead\n"
+           "      --codec cltk|gtopk|sketch|topk|qsgd time crux_compressed_allreduce (float) instead\n"
            "      --density D               kept fraction for --codec (default 0.001)\n"
-           "      --beta B                  low-pass beta for cltk (default 1 = residual)\n"
+           "      --beta B                  low-pass beta for cltk (default 1 = residual), momentum for topk (0.9)\n"
+           "      --levels S                qsgd levels (default 7: 4-bit codes)\n"
            "      --sketch-rows R, --sketch-cols C  sketch shape (default derived)\n"
            "  -v, --version                 print the version\n"
            "  -h, --help                    this help\n",
@@ -266,6 +275,7 @@ static enum parse_result parse_options(int argc, char **argv, struct opts *o)
         { "codec", required_argument, NULL, 1001 },
         { "density", required_argument, NULL, 1002 },
         { "beta", required_argument, NULL, 1003 },
+        { "levels", required_argument, NULL, 1006 },
         { "sketch-rows", required_argument, NULL, 1004 },
         { "sketch-cols", required_argument, NULL, 1005 },
         { "version", no_argument, NULL, 'v' },
@@ -279,7 +289,7 @@ static enum parse_result parse_options(int argc, char **argv, struct opts *o)
                         .iters_large = COLL_LOOP_LARGE, .skip_large = COLL_SKIP_LARGE,
                         .warmup_validation = VALIDATION_SKIP_DEFAULT, .op = CRUX_SUM,
                         .dtypes = { CRUX_FLOAT }, .ndtypes = 1, .density = 0.001,
-                        .beta = 1.0f };
+                        .beta = -1.0f /* codec default */ };
     opterr = 0;
     while ((c = getopt_long(argc, argv, "+m:i:x:fcu:T:d:o:lbvh", longopts, NULL)) != -1) {
         o->bad_opt = c == '?' || c == ':' ? optopt : c;
@@ -331,6 +341,10 @@ static enum parse_result parse_options(int argc, char **argv, struct opts *o)
             o->beta = (float)b;
             break;
         }
+        case 1006:
+            if (parse_int(optarg, 1, &o->qsgd_levels))
+                return PARSE_BAD;
+            break;
         case 1004:
             if (parse_int(optarg, 0, &o->sketch_rows))
                 return PARSE_BAD;
@@ -360,7 +374,10 @@ static enum parse_result parse_options(int argc, char **argv, struct opts *o)
             return PARSE_BAD;
         }
         o->ccfg.density = o->density;
-        o->ccfg.beta = o->beta;
+        if (o->beta >= 0.0f)
+            o->ccfg.beta = o->beta;
+        if (o->qsgd_levels)
+            o->ccfg.qsgd_levels = o->qsgd_levels;
         o->ccfg.sketch_rows = o->sketch_rows;
         o->ccfg.sketch_cols = o->sketch_cols;
     }
@@ -778,8 +795,8 @@ int main(int argc, char **argv)
         printf("\n# crux OSU-compatible Allreduce Latency Test v%s\n", CRUX_VERSION_STRING);
     if (b.rank == 0 && b.o.ccfg.codec != CRUX_CODEC_NONE)
         printf("# Compressed: codec %s, density %g, beta %g\n",
-               b.o.ccfg.codec == CRUX_CODEC_CLTK ? "cltk" : b.o.ccfg.codec == CRUX_CODEC_GTOPK ? "gtopk" : "sketch",
-               b.o.density, (double)b.o.beta);
+               codec_name(b.o.ccfg.codec),
+               b.o.density, (double)b.o.ccfg.beta);
     for (int d = 0; d < b.o.ndtypes && failed_size == 0; d++)
         failed_size = run_dtype(&b, b.o.dtypes[d]);
 

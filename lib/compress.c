@@ -1,6 +1,7 @@
 /* compress.c - the compressor object (create, validate, agree, free, stats) and the
  * communication FIFO the compressed schedules run on (see compress.h). */
 #include <inttypes.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>

@@ -160,8 +160,8 @@ typedef struct {
 void crux_compress_config_init(crux_compress_config_t *cfg, crux_codec_t codec);
 
 typedef struct crux_compressor *crux_compressor_t;
-/* Collective over comm. CRUX_ERR_ARG names a bad config field; unsupported codecs
- * or memories give CRUX_ERR_UNSUPPORTED; ranks with different count or config get
+/* Collective over comm. CRUX_ERR_ARG names a bad config field (or a memory the
+ * codec does not take); ranks with different count or config get
  * CRUX_ERR_MISMATCH (all of them). count 0 is an error (nothing to compress). */
 int crux_compressor_create(crux_comm_t comm, size_t count, const crux_compress_config_t *cfg,
                            crux_compressor_t *out);

@@ -13,6 +13,7 @@
  * build only unless CRUX_TEST_SLURM=1; CRUX_TEST_SLURM=0 skips it. */
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -361,4 +362,75 @@ Test(slurm_identity, batch_script_is_not_a_task)
     cr_assert_str_eq(id.source, "slurm");
     cr_assert_eq(id.size, 4);
     cr_assert_str_eq(id.root_host, "node1");
+}
+
+/* mpirun in a Slurm job starts one daemon per node with srun; its ranks inherit the
+ * daemons' SLURM_PROCID/NTASKS, so Open MPI's own (different) size wins. */
+Test(slurm_identity, mpirun_in_a_job_uses_open_mpi_identity)
+{
+    setenv("SLURM_STEP_ID", "0", 1);
+    setenv("SLURM_PROCID", "1", 1);
+    setenv("SLURM_NTASKS", "2", 1);
+    setenv("SLURM_JOB_ID", "78", 1);
+    setenv("SLURM_STEP_NODELIST", "node[1-2]", 1);
+    setenv("OMPI_COMM_WORLD_RANK", "3", 1);
+    setenv("OMPI_COMM_WORLD_SIZE", "4", 1);
+    setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1", 1);
+    struct crux_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.rank = cfg.size = cfg.local_rank = -1;
+    struct crux_identity id;
+    cr_assert_eq(crux_identity_resolve(&cfg, &id), CRUX_ERR_ARG, "mpirun gives no rendezvous: CRUX_ROOT needed");
+    strcpy(cfg.root, "node1:4000");
+    cr_assert_eq(crux_identity_resolve(&cfg, &id), CRUX_SUCCESS);
+    cr_assert_str_eq(id.source, "ompi");
+    cr_assert_eq(id.rank, 3);
+    cr_assert_eq(id.size, 4);
+    cr_assert_eq(id.local_rank, 1);
+    /* mpirun's own node runs its ranks in the batch step: same identity rules, same key */
+    uint64_t key = id.job_key;
+    unsetenv("SLURM_STEP_ID");
+    setenv("SLURM_PROCID", "0", 1);
+    setenv("SLURM_NTASKS", "4", 1);
+    setenv("OMPI_COMM_WORLD_RANK", "0", 1);
+    cr_assert_eq(crux_identity_resolve(&cfg, &id), CRUX_SUCCESS);
+    cr_assert_str_eq(id.source, "ompi");
+    cr_assert_eq(id.rank, 0);
+    cr_assert_eq(id.job_key, key, "ranks in the batch step and in srun's daemon step must agree on the key");
+    setenv("SLURM_STEP_ID", "0", 1);
+    setenv("SLURM_PROCID", "1", 1);
+    setenv("SLURM_NTASKS", "2", 1);
+    setenv("OMPI_COMM_WORLD_SIZE", "2", 1); /* srun-launched MPI program: both agree */
+    setenv("OMPI_COMM_WORLD_RANK", "1", 1);
+    cr_assert_eq(crux_identity_resolve(&cfg, &id), CRUX_SUCCESS);
+    cr_assert_str_eq(id.source, "slurm");
+    cr_assert_eq(id.rank, 1);
+}
+
+/* The same through a real mpirun inside the job (Open MPI launches its daemons on the
+ * other nodes with srun): every rank gets Open MPI's identity and one job key. */
+Test(slurm, mpirun_inside_a_job, .fini = lab_down, .timeout = 150)
+{
+    if (system("command -v mpirun.openmpi >/dev/null 2>&1") != 0)
+        cr_skip_test("Open MPI's mpirun (openmpi-bin) is not installed");
+    lab_start();
+    char script[1024], path[160];
+    snprintf(script, sizeof(script),
+             "#!/bin/bash\n"
+             "#SBATCH -N2 --ntasks-per-node=2 -t 3\n"
+             "export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=tcp,self\n"
+             "export CRUX_ROOT=node1:23456 CRUX_TIMEOUT=60 CRUX_BOOTSTRAP_TIMEOUT=30\n"
+             "mpirun.openmpi -np 4 --map-by node %s coll --quick\n",
+             CRUX_TEST_RANKPROG);
+    snprintf(path, sizeof(path), "%s/mpirun.sbatch", job_dir);
+    write_file(path, script);
+    char out[160], chdir_arg[160], state[256];
+    snprintf(out, sizeof(out), "--output=%s/mpirun.log", job_dir);
+    snprintf(chdir_arg, sizeof(chdir_arg), "--chdir=%s", job_dir);
+    char *args[] = { out, chdir_arg, path, NULL };
+    submit_and_wait(args, NULL, state, sizeof(state));
+    char *log = read_job_file("mpirun.log");
+    cr_assert(strstr(state, "JobState=COMPLETED") && strstr(state, "ExitCode=0:0"), "%s\n%s", state, log);
+    assert_all_ok(log, 4, "mpirun -np 4 in the job");
+    free(log);
 }

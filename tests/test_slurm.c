@@ -90,7 +90,14 @@ static void lab_start(void)
     const char *why = skip_reason();
     if (why)
         cr_skip_test("Slurm test skipped: %s", why);
-    int id = (int)(getpid() % 1000000);
+    /* labs of a test run whose process is gone (killed by a timeout before its .fini
+     * could run) go first */
+    if (system("for ns in $(ip netns list | awk '{print $1}' | grep -E '^cxs[0-9]+-sw$'); do "
+               "p=${ns%-sw}; kill -0 ${p#cxs} 2>/dev/null && continue; "
+               "SLURM_LAB_DIR=/tmp/crux-slurm-lab-$p " SLURM_LAB " --prefix $p down >/dev/null 2>&1; "
+               "rm -rf /tmp/crux-slurm-lab-$p; done") != 0)
+        cr_log_warn("could not reap stale labs");
+    int id = (int)getpid();
     snprintf(prefix, sizeof(prefix), "cxs%d", id);
     snprintf(lab_dir, sizeof(lab_dir), "/tmp/crux-slurm-lab-%s", prefix);
     snprintf(labdir_env, sizeof(labdir_env), "SLURM_LAB_DIR=%s", lab_dir);

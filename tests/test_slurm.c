@@ -6,22 +6,22 @@
  *     Slurm's task variables describe the job, so crux must run as a singleton), and
  *     as four concurrent steps on the same nodes, two on Slurm's reserved ports and
  *     two on the job/step-hash port;
- *   - a rank SIGKILLed on node2: the job fails and the others name rank and host.
+ *   - a rank SIGKILLed on node2: the job fails and the others name rank and host;
+ *   - mpirun inside a job (when Open MPI is installed).
+ * test_slurm_identity.c holds the matching unit tests of lib/identity.c.
  * Every test brings its own lab up under a private prefix and subnet and takes it
- * down again, also on failure (CRUX_TEST_KEEP_LOGS=1 keeps its logs). Needs root, `ip netns` and Slurm + munge (scripts/
- * deps.sh installs them); skipped with the reason otherwise. Runs in the release
- * build only unless CRUX_TEST_SLURM=1; CRUX_TEST_SLURM=0 skips it. */
+ * down again, also on failure (CRUX_TEST_KEEP_LOGS=1 keeps its logs). Needs root,
+ * `ip netns` and Slurm + munge (scripts/deps.sh installs them); skipped with the
+ * reason otherwise. Runs in the release build only unless CRUX_TEST_SLURM=1;
+ * CRUX_TEST_SLURM=0 skips it. */
 #include <criterion/criterion.h>
 #include <dirent.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "bootstrap.h"
-#include "crux.h"
 #include "harness.h"
 
 #define SLURM_LAB CRUX_SOURCE_DIR "/cluster-scripts/slurm-lab"
@@ -341,77 +341,6 @@ Test(slurm, killed_rank_fails_the_job, .fini = lab_down, .timeout = 150)
     cr_assert(strstr(log, "rank 3 (host node2"), "no crux log line names rank 3 on node2:\n%s", log);
     cr_assert(strstr(log, "node2: task 3: Killed"), "srun does not name the killed task:\n%s", log);
     free(log);
-}
-
-/* The batch script carries SLURM_PROCID=0 and SLURM_NTASKS=<job's tasks> but no step
- * id: a crux program started there is a singleton, not rank 0 waiting for others. */
-Test(slurm_identity, batch_script_is_not_a_task)
-{
-    static const char *const vars[] = { "SLURM_STEP_ID", "SLURM_STEPID", "SLURM_STEP_NODELIST",
-                                        "SLURM_STEP_RESV_PORTS", "OMPI_COMM_WORLD_RANK",
-                                        "PMI_RANK", "PMIX_RANK", NULL };
-    for (int i = 0; vars[i]; i++)
-        unsetenv(vars[i]);
-    setenv("SLURM_PROCID", "0", 1);
-    setenv("SLURM_NTASKS", "4", 1);
-    setenv("SLURM_LOCALID", "0", 1);
-    setenv("SLURM_JOB_ID", "77", 1);
-    setenv("SLURM_JOB_NODELIST", "node[1-2]", 1);
-    struct crux_config cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.rank = cfg.size = cfg.local_rank = -1;
-    struct crux_identity id;
-    cr_assert_eq(crux_identity_resolve(&cfg, &id), CRUX_SUCCESS);
-    cr_assert_str_eq(id.source, "single");
-    cr_assert_eq(id.size, 1);
-    setenv("SLURM_STEP_ID", "0", 1); /* inside an srun step the same variables are a rank */
-    cr_assert_eq(crux_identity_resolve(&cfg, &id), CRUX_SUCCESS);
-    cr_assert_str_eq(id.source, "slurm");
-    cr_assert_eq(id.size, 4);
-    cr_assert_str_eq(id.root_host, "node1");
-}
-
-/* mpirun in a Slurm job starts one daemon per node with srun; its ranks inherit the
- * daemons' SLURM_PROCID/NTASKS, so Open MPI's own (different) size wins. */
-Test(slurm_identity, mpirun_in_a_job_uses_open_mpi_identity)
-{
-    setenv("SLURM_STEP_ID", "0", 1);
-    setenv("SLURM_PROCID", "1", 1);
-    setenv("SLURM_NTASKS", "2", 1);
-    setenv("SLURM_JOB_ID", "78", 1);
-    setenv("SLURM_STEP_NODELIST", "node[1-2]", 1);
-    setenv("OMPI_COMM_WORLD_RANK", "3", 1);
-    setenv("OMPI_COMM_WORLD_SIZE", "4", 1);
-    setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1", 1);
-    struct crux_config cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.rank = cfg.size = cfg.local_rank = -1;
-    struct crux_identity id;
-    cr_assert_eq(crux_identity_resolve(&cfg, &id), CRUX_ERR_ARG, "mpirun gives no rendezvous: CRUX_ROOT needed");
-    strcpy(cfg.root, "node1:4000");
-    cr_assert_eq(crux_identity_resolve(&cfg, &id), CRUX_SUCCESS);
-    cr_assert_str_eq(id.source, "ompi");
-    cr_assert_eq(id.rank, 3);
-    cr_assert_eq(id.size, 4);
-    cr_assert_eq(id.local_rank, 1);
-    /* mpirun's own node runs its ranks in the batch step: same identity rules, same key */
-    uint64_t key = id.job_key;
-    unsetenv("SLURM_STEP_ID");
-    setenv("SLURM_PROCID", "0", 1);
-    setenv("SLURM_NTASKS", "4", 1);
-    setenv("OMPI_COMM_WORLD_RANK", "0", 1);
-    cr_assert_eq(crux_identity_resolve(&cfg, &id), CRUX_SUCCESS);
-    cr_assert_str_eq(id.source, "ompi");
-    cr_assert_eq(id.rank, 0);
-    cr_assert_eq(id.job_key, key, "ranks in the batch step and in srun's daemon step must agree on the key");
-    setenv("SLURM_STEP_ID", "0", 1);
-    setenv("SLURM_PROCID", "1", 1);
-    setenv("SLURM_NTASKS", "2", 1);
-    setenv("OMPI_COMM_WORLD_SIZE", "2", 1); /* srun-launched MPI program: both agree */
-    setenv("OMPI_COMM_WORLD_RANK", "1", 1);
-    cr_assert_eq(crux_identity_resolve(&cfg, &id), CRUX_SUCCESS);
-    cr_assert_str_eq(id.source, "slurm");
-    cr_assert_eq(id.rank, 1);
 }
 
 /* The same through a real mpirun inside the job (Open MPI launches its daemons on the

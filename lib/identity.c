@@ -154,6 +154,19 @@ static bool slurm_in_step(void)
     return s && *s;
 }
 
+/* mpirun inside an allocation starts its daemons with srun, one task per node; the
+ * ranks inherit that step's SLURM_PROCID/NTASKS, and Open MPI's variables are theirs. */
+static bool slurm_vars_describe_daemons(const struct crux_identity *slurm)
+{
+    const char *s = getenv("OMPI_COMM_WORLD_SIZE");
+    long v;
+    if (!s || parse_int_strict(s, 1, INT_MAX, &v) != 0 || v == slurm->size)
+        return false;
+    crux_debug(CRUX_SUBSYS_BOOT, "SLURM_NTASKS=%d but OMPI_COMM_WORLD_SIZE=%ld: started by mpirun "
+               "in a Slurm job; using Open MPI's identity", slurm->size, v);
+    return true;
+}
+
 /* Fill rank/size/local_rank/source. */
 static int resolve_ranks(const struct crux_config *cfg, struct crux_identity *id)
 {
@@ -165,6 +178,8 @@ static int resolve_ranks(const struct crux_config *cfg, struct crux_identity *id
     else if (getenv("SLURM_PROCID"))
         crux_debug(CRUX_SUBSYS_BOOT, "SLURM_PROCID is set but no SLURM_STEP_ID: a batch script, "
                    "not an srun task; Slurm's task variables describe the job, not this process");
+    if (rc == 0 && slurm_vars_describe_daemons(id))
+        rc = ENV_ABSENT;
     if (rc == 0) {
         id->source = "slurm";
         const char *ompi = getenv("OMPI_COMM_WORLD_RANK");
@@ -301,7 +316,8 @@ int crux_identity_resolve(const struct crux_config *cfg, struct crux_identity *i
         return rc;
     if (cfg->job_key[0]) {
         id->job_key = hash_str(cfg->job_key, 1);
-    } else if (slurm) {
+    } else if (slurm && strcmp(id->source, "slurm") == 0) {
+        /* not for mpirun's ranks: the batch step and srun's daemon step differ */
         id->job_key = hash_str(jobstep, 2);
     } else {
         char root[CRUX_STR_MAX + 16];

@@ -482,6 +482,7 @@ static int mode_allreduce(void)
     test_noisy_floats(7);
     test_noisy_floats(100003);
     test_sub_comms();
+    test_iallreduce();
     return failures ? 1 : 0;
 }
 

@@ -2,7 +2,8 @@
  * machine: each rank gets its own CRUX_HOSTNAME (crux_test_rank --hosts), so ranks
  * of one fake host use shared memory and ranks of different ones real TCP over
  * loopback. Layouts 2x1, 2x2, 3x2, 4x1, uneven 2+1, and an interleaved uneven
- * 2+2+1 (a host's ranks not contiguous); hier, tree, ring, recdbl forced and auto.
+ * 2+2+1 (a host's ranks not contiguous), and 8+2+2+2+2+2 for hier; hier, tree,
+ * ring, recdbl forced and auto.
  * rank_prog.c's "allreduce" mode holds the exact checks: float, int32, bfloat16,
  * float16 x sum/prod/max/min x counts 0, 1, 7, 1023, 100003 x in place or not,
  * x[i] = i*P + rank, bit-identical order-dependent float sums, node and split
@@ -65,3 +66,8 @@ LAYOUT_TESTS(2p1, "h0,h0,h1")
 
 Test(hier_interleaved_2p2p1, hier) { run_layout("h0,h1,h0,h2,h1", "hier"); }
 Test(hier_interleaved_2p2p1, tree) { run_layout("h0,h1,h0,h2,h1", "tree"); }
+
+/* 8 ranks on one host, 2 on five others: the 2-rank hosts' ranks own 4 slices each,
+ * so hier grows the descriptor array in a later phase of the first iallreduce while
+ * further requests are already queued (they must not keep the old array). */
+Test(hier_8p2p2p2p2p2, hier) { run_layout("h0,h0,h0,h0,h0,h0,h0,h0,h1,h1,h2,h2,h3,h3,h4,h4,h5,h5", "hier"); }

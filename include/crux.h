@@ -6,11 +6,17 @@
  *
  * Semantics:
  *  - Results are bit-identical on all ranks, and from run to run for the same
- *    rank count, count, algorithm and transport. Reduction order: recursive
+ *    rank count, count, algorithm, transport and host layout (which ranks share
+ *    a host). Reduction order: recursive
  *    doubling combines pairs of partial results (a op b == b op a exactly for
  *    every op crux offers, so both partners hold the same bits); the ring
  *    reduces each block in ring order starting at the block's owner + 1 and the
- *    owner's fully reduced block is then copied to every rank.
+ *    owner's fully reduced block is then copied to every rank. hier: each node
+ *    first reduces every slice in its intra-node ring order (owner + 1 first,
+ *    owner last), then the node partials of each sub-block in ring order of the
+ *    nodes (owner node + 1 first); tree: each tree node combines its own value,
+ *    then its children's partials in increasing tree position (the first half of
+ *    the vector follows tree 1, the second tree 2). Both copy the result out.
  *  - Any count (0 included), any rank count >= 1, any buffer alignment,
  *    CRUX_IN_PLACE for sendbuf.
  *  - float16/bfloat16 are reduced in float and rounded to nearest even after

@@ -101,6 +101,7 @@ static void req_start(struct crux_request *r)
     struct crux_coll *op = &r->coll;
     r->started = 1;
     op->seq = op->comm->seq++;
+    op->xfers = op->comm->xfers; /* an earlier call may have grown the array (algo/hier.c) */
     op->deadline = crux_now() + op->comm->ctx->cfg.timeout_s;
 }
 

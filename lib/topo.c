@@ -1,8 +1,9 @@
 /* topo.c - which ranks of a communicator share a host, computed once when the
  * communicator is created.
  *
- * Nodes come from the host hashes every rank learnt at bootstrap (ctx->peers), so
- * the grouping needs no communication and every member derives the same one.
+ * Nodes come from the host hashes every rank learnt at bootstrap (ctx->peers:
+ * node_id), so the grouping needs no communication and every member derives the
+ * same one.
  * Nodes are numbered in order of their first comm rank; within a node, ranks keep
  * comm order (their local index). The rail of local index l is the set of ranks
  * with local index l across nodes: members[node_start[n] + l] on every node n with
@@ -16,12 +17,18 @@
 int crux_topo_build(struct crux_comm *comm)
 {
     const struct crux_peer_info *peers = comm->ctx->peers;
-    int P = comm->size;
+    int P = comm->size, wnodes = 0;
+    for (int r = 0; r < P; r++) {
+        int n = peers[comm->world_ranks[r]].node_id;
+        wnodes = n + 1 > wnodes ? n + 1 : wnodes;
+    }
     struct crux_topo *t = calloc(1, sizeof(*t));
     int *mem = malloc((size_t)(4 * P + 1) * sizeof(int));
-    if (!t || !mem) {
+    int *wmap = malloc((size_t)(2 * wnodes) * sizeof(int)); /* world node -> ours, its size */
+    if (!t || !mem || !wmap) {
         free(t);
         free(mem);
+        free(wmap);
         crux_error(CRUX_SUBSYS_INIT, "cannot allocate the node map of a %d-rank communicator", P);
         return CRUX_ERR_NOMEM;
     }
@@ -29,19 +36,18 @@ int crux_topo_build(struct crux_comm *comm)
     t->local_of = mem + P;
     t->members = mem + 2 * P;
     t->node_start = mem + 3 * P; /* [nnodes + 1] <= P + 1 */
-    /* node of r: the node of the first rank before it on the same host, else a new one */
+    /* bootstrap numbered the world's hosts (peers[].node_id, from the host hashes);
+     * renumber the ones this communicator spans in order of first comm rank */
+    for (int n = 0; n < wnodes; n++)
+        wmap[n] = -1, wmap[wnodes + n] = 0;
     for (int r = 0; r < P; r++) {
-        uint64_t h = peers[comm->world_ranks[r]].host_hash;
-        t->node_of[r] = -1;
-        t->local_of[r] = 0;
-        for (int q = 0; q < r; q++)
-            if (peers[comm->world_ranks[q]].host_hash == h) {
-                t->node_of[r] = t->node_of[q];
-                t->local_of[r] = t->local_of[q] + 1; /* q is the latest such rank so far */
-            }
-        if (t->node_of[r] < 0)
-            t->node_of[r] = t->nnodes++;
+        int wn = peers[comm->world_ranks[r]].node_id;
+        if (wmap[wn] < 0)
+            wmap[wn] = t->nnodes++;
+        t->node_of[r] = wmap[wn];
+        t->local_of[r] = wmap[wnodes + wn]++;
     }
+    free(wmap);
     /* counting sort by node: members grouped by node, comm order within */
     for (int n = 0; n <= t->nnodes; n++)
         t->node_start[n] = 0;

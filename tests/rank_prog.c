@@ -6,6 +6,10 @@
  *   crux_test_rank kill VICTIM ITER      allreduce stream; VICTIM SIGKILLs itself at ITER
  *   crux_test_rank stall VICTIM ITER     the same, but VICTIM SIGSTOPs itself (a hung peer)
  *   crux_test_rank mismatch count|dtype|op
+ *   crux_test_rank allreduce             allreduce only: exact values, bit-identical results
+ *                                        of order-dependent floats, node communicators
+ * A leading --hosts H0,H1,... sets CRUX_HOSTNAME=H<rank> before crux_init, so ranks
+ * of this machine form fake hosts and run the multi-node schedules over TCP.
  *
  * Exit: 0 all good; 1 a check failed; 3 the expected error was returned; 4 another
  * error; 5 no error where one was expected.
@@ -21,6 +25,7 @@
 #include "lib/reduce.h"
 
 static int rank, nranks, failures;
+static int node_ranks; /* ranks expected on this rank's host; 0 = all (no --hosts) */
 
 #define CHECK_RC(call)                                                                            \
     do {                                                                                          \
@@ -231,7 +236,11 @@ static void test_iallreduce(void)
 static int ranks_on_my_host(void)
 {
     char mine[64] = { 0 };
-    gethostname(mine, sizeof(mine) - 1);
+    const char *fake = getenv("CRUX_HOSTNAME"); /* what crux groups by, when set */
+    if (fake)
+        snprintf(mine, sizeof(mine), "%s", fake);
+    else
+        gethostname(mine, sizeof(mine) - 1);
     char *all = xmalloc(sizeof(mine) * (size_t)nranks);
     CHECK_RC(crux_allgather(mine, sizeof(mine), all, CRUX_UINT8, CRUX_COMM_WORLD));
     int n = 0;
@@ -266,7 +275,7 @@ static void test_split(void)
     CHECK_RC(crux_comm_free(&sub));
     CHECK_RC(crux_comm_split_type_node(CRUX_COMM_WORLD, &node));
     CHECK_RC(crux_comm_size(node, &ssize));
-    int on_my_host = ranks_on_my_host();
+    int on_my_host = ranks_on_my_host(); /* crux-run: one host unless --hosts */
     if (ssize != on_my_host) {
         printf("rank %d: FAIL split_type_node size %d, want %d\n", rank, ssize, on_my_host);
         failures++;
@@ -369,10 +378,172 @@ static int mode_mismatch(const char *what)
     return e;
 }
 
+/* Order-dependent float values: a rounding difference anywhere shows in the bits. */
+static float noisy(size_t i, int r)
+{
+    uint64_t h = (uint64_t)i * 0x9e3779b97f4a7c15ull ^ ((uint64_t)r + 1) * 0xc2b2ae3d27d4eb4full;
+    h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 32;
+    float m = (float)(h & 0xffffff) / (float)0x1000000 - 0.5f; /* [-0.5, 0.5) */
+    return m * (float)(1u << ((h >> 24) % 12));                 /* spread exponents */
+}
+
+/* x[i] = i*P + rank (exact in float up to 2^24), every op that keeps it exact. */
+static void test_iP_plus_rank(crux_datatype_t dt, size_t count)
+{
+    static const crux_op_t ops[] = { CRUX_SUM, CRUX_MAX, CRUX_MIN };
+    size_t P = (size_t)nranks;
+    if (dt == CRUX_FLOAT && count > ((size_t)1 << 24) / (P * P))
+        count = ((size_t)1 << 24) / (P * P); /* sums stay below 2^24: exact */
+    for (int o = 0; o < 3; o++) {
+        void *buf = xmalloc(count * 4), *want = xmalloc(count * 4);
+        for (size_t i = 0; i < count; i++) {
+            int64_t x = (int64_t)(i * P) + rank;
+            int64_t w = ops[o] == CRUX_SUM ? (int64_t)(i * P * P + P * (P - 1) / 2)
+                        : ops[o] == CRUX_MAX ? (int64_t)(i * P + P - 1)
+                                             : (int64_t)(i * P);
+            store(dt, buf, i, x);
+            store(dt, want, i, w);
+        }
+        char what[96];
+        snprintf(what, sizeof(what), "allreduce i*P+rank %s %s count=%zu", dtype_names[dt], op_names[ops[o]], count);
+        CHECK_RC(crux_allreduce(CRUX_IN_PLACE, buf, count, dt, ops[o], CRUX_COMM_WORLD));
+        if (memcmp(buf, want, count * 4))
+            fail_at(what, buf, want, 4, count);
+        check_identical(buf, count * 4, what);
+        free(buf), free(want);
+    }
+}
+
+/* Rounding depends on the reduction order: every rank must still hold the same
+ * bits, the same on a repeated call, and close to the exact sum. */
+static void test_noisy_floats(size_t count)
+{
+    float *x = xmalloc(count * 4), *a = xmalloc(count * 4), *b = xmalloc(count * 4);
+    for (size_t i = 0; i < count; i++)
+        x[i] = noisy(i, rank);
+    CHECK_RC(crux_allreduce(x, a, count, CRUX_FLOAT, CRUX_SUM, CRUX_COMM_WORLD));
+    CHECK_RC(crux_allreduce(x, b, count, CRUX_FLOAT, CRUX_SUM, CRUX_COMM_WORLD));
+    char what[64];
+    snprintf(what, sizeof(what), "noisy float sum count=%zu", count);
+    check_identical(a, count * 4, what);
+    if (memcmp(a, b, count * 4)) {
+        printf("rank %d: FAIL %s: a repeated call gave different bits\n", rank, what);
+        failures++;
+    }
+    for (size_t i = 0; i < count; i++) {
+        double ref = 0, mag = 0;
+        for (int r = 0; r < nranks; r++) {
+            ref += noisy(i, r);
+            mag += noisy(i, r) < 0 ? -noisy(i, r) : noisy(i, r);
+        }
+        double err = a[i] - ref;
+        if ((err < 0 ? -err : err) > mag * 1e-6 * nranks) {
+            printf("rank %d: FAIL %s: element %zu is %.9g, exact sum %.9g\n", rank, what, i, a[i], ref);
+            failures++;
+            break;
+        }
+    }
+    free(x), free(a), free(b);
+}
+
+/* The node communicator, and a large allreduce on a communicator whose ranks are
+ * not in world order (odd/even split with reversed keys). */
+static void test_sub_comms(void)
+{
+    crux_comm_t node, sub;
+    CHECK_RC(crux_comm_split_type_node(CRUX_COMM_WORLD, &node));
+    int nsize, want = node_ranks ? node_ranks : nranks;
+    CHECK_RC(crux_comm_size(node, &nsize));
+    int64_t sum = rank, node_sum = 0;
+    CHECK_RC(crux_allreduce(CRUX_IN_PLACE, &sum, 1, CRUX_INT64, CRUX_SUM, node));
+    int64_t *all = xmalloc((size_t)nsize * 8);
+    int64_t mine = rank;
+    CHECK_RC(crux_allgather(&mine, 1, all, CRUX_INT64, node));
+    for (int i = 0; i < nsize; i++)
+        node_sum += all[i];
+    if (nsize != want || sum != node_sum) {
+        printf("rank %d: FAIL node comm: size %d (want %d), sum %lld (want %lld)\n", rank, nsize, want,
+               (long long)sum, (long long)node_sum);
+        failures++;
+    }
+    free(all);
+    CHECK_RC(crux_comm_free(&node));
+    CHECK_RC(crux_comm_split(CRUX_COMM_WORLD, rank % 2, nranks - rank, &sub));
+    size_t count = 100003;
+    int32_t *buf = xmalloc(count * 4);
+    for (size_t i = 0; i < count; i++)
+        buf[i] = (int32_t)(i + (size_t)rank);
+    CHECK_RC(crux_allreduce(CRUX_IN_PLACE, buf, count, CRUX_INT32, CRUX_SUM, sub));
+    int n = 0, rsum = 0;
+    for (int r = rank % 2; r < nranks; r += 2)
+        n++, rsum += r;
+    for (size_t i = 0; i < count; i++)
+        if (buf[i] != (int32_t)(i * (size_t)n + (size_t)rsum)) {
+            printf("rank %d: FAIL allreduce on split comm: element %zu is %d\n", rank, i, buf[i]);
+            failures++;
+            break;
+        }
+    free(buf);
+    CHECK_RC(crux_comm_free(&sub));
+}
+
+static int mode_allreduce(void)
+{
+    static const size_t counts[] = { 0, 1, 7, 1023, 100003 };
+    static const crux_datatype_t dts[] = { CRUX_FLOAT, CRUX_INT32, CRUX_BFLOAT16, CRUX_FLOAT16 };
+    test_iallreduce(); /* first: queued requests must survive the first one's setup */
+    for (size_t c = 0; c < sizeof(counts) / sizeof(counts[0]); c++)
+        for (size_t d = 0; d < sizeof(dts) / sizeof(dts[0]); d++)
+            for (int op = CRUX_SUM; op <= CRUX_MIN; op++)
+                for (int ip = 0; ip < 2; ip++)
+                    test_allreduce(dts[d], op, counts[c], ip);
+    test_iP_plus_rank(CRUX_INT32, 100003);
+    test_iP_plus_rank(CRUX_FLOAT, 100003);
+    test_iP_plus_rank(CRUX_FLOAT, 7);
+    test_noisy_floats(7);
+    test_noisy_floats(100003);
+    test_sub_comms();
+    return failures ? 1 : 0;
+}
+
+/* --hosts H0,H1,...: this rank's host name is entry CRUX_RANK; remember how many
+ * ranks share it. */
+static int set_fake_host(const char *list)
+{
+    const char *env = getenv("CRUX_RANK");
+    int me = env ? atoi(env) : 0, n = 0;
+    char mine[64] = "";
+    char *copy = strdup(list);
+    for (char *save = NULL, *h = strtok_r(copy, ",", &save); h; h = strtok_r(NULL, ",", &save), n++)
+        if (n == me)
+            snprintf(mine, sizeof(mine), "%s", h);
+    if (!mine[0]) {
+        fprintf(stderr, "--hosts %s has no entry for rank %d\n", list, me);
+        free(copy);
+        return -1;
+    }
+    free(copy);
+    copy = strdup(list);
+    for (char *save = NULL, *h = strtok_r(copy, ",", &save); h; h = strtok_r(NULL, ",", &save))
+        node_ranks += !strcmp(h, mine);
+    free(copy);
+    return setenv("CRUX_HOSTNAME", mine, 1);
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 2 && !strcmp(argv[1], "--hosts")) {
+        if (set_fake_host(argv[2]) != 0)
+            return 2;
+        argv[2] = argv[0];
+        argv += 2;
+        argc -= 2;
+    }
     if (argc < 2) {
-        fprintf(stderr, "usage: %s coll [--quick] | kill|stall VICTIM ITER | mismatch count|dtype|op\n", argv[0]);
+        fprintf(stderr, "usage: %s [--hosts H0,H1,...] coll [--quick] | allreduce | kill|stall VICTIM "
+                "ITER | mismatch count|dtype|op\n", argv[0]);
         return 2;
     }
     CHECK_RC(crux_init(&argc, &argv));
@@ -385,6 +556,8 @@ int main(int argc, char **argv)
         return mode_kill(atoi(argv[2]), atol(argv[3]), SIGKILL);
     else if (!strcmp(argv[1], "stall") && argc == 4)
         return mode_kill(atoi(argv[2]), atol(argv[3]), SIGSTOP);
+    else if (!strcmp(argv[1], "allreduce"))
+        rc = mode_allreduce();
     else if (!strcmp(argv[1], "mismatch") && argc == 3)
         return mode_mismatch(argv[2]);
     else {

@@ -1,0 +1,166 @@
+/* test_topo.c - the node map and the double binary tree of a communicator, built
+ * from a fake peer table for many layouts, and what algo/select.c picks. */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "algo/algo.h"
+#include "lib/crux_internal.h"
+
+/* A context whose peers sit on the hosts host_of[0..P) (world ranks). */
+static struct crux_ctx *fake_ctx(int P, const int *host_of)
+{
+    struct crux_ctx *ctx = calloc(1, sizeof(*ctx));
+    ctx->size = P;
+    ctx->peers = calloc((size_t)P, sizeof(*ctx->peers));
+    for (int r = 0; r < P; r++) { /* what bootstrap's fill_peers derives from host hashes */
+        ctx->peers[r].host_hash = 1000 + (uint64_t)host_of[r];
+        ctx->peers[r].node_id = -1;
+        for (int q = 0; q < r && ctx->peers[r].node_id < 0; q++)
+            if (host_of[q] == host_of[r])
+                ctx->peers[r].node_id = ctx->peers[q].node_id;
+        if (ctx->peers[r].node_id < 0)
+            ctx->peers[r].node_id = ctx->nnodes++;
+    }
+    cr_assert_eq(crux_config_load(&ctx->cfg), CRUX_SUCCESS);
+    return ctx;
+}
+
+static void fake_comm(struct crux_comm *c, struct crux_ctx *ctx, int size, int *world, int rank)
+{
+    memset(c, 0, sizeof(*c));
+    c->ctx = ctx;
+    c->size = size;
+    c->world_ranks = world;
+    c->rank = rank;
+    cr_assert_eq(crux_topo_build(c), CRUX_SUCCESS);
+}
+
+/* Check every rank's view of the comm over world ranks world[0..size). */
+static void check_layout(int P, const int *host_of, int size, int *world)
+{
+    struct crux_ctx *ctx = fake_ctx(P, host_of);
+    struct crux_comm *c = calloc((size_t)size, sizeof(*c));
+    for (int r = 0; r < size; r++)
+        fake_comm(&c[r], ctx, size, world, r);
+    const struct crux_topo *t0 = c[0].topo;
+    for (int r = 0; r < size; r++) {
+        const struct crux_topo *t = c[r].topo;
+        cr_assert_eq(t->nnodes, t0->nnodes);
+        cr_assert_eq(memcmp(t->members, t0->members, (size_t)size * sizeof(int)), 0);
+        /* same host <=> same node; local index = earlier comm ranks on that host */
+        int local = 0, lsize = 0;
+        for (int q = 0; q < size; q++) {
+            int same = host_of[world[q]] == host_of[world[r]];
+            cr_assert_eq(same, t->node_of[q] == t->my_node, "rank %d vs %d", r, q);
+            local += same && q < r;
+            lsize += same;
+        }
+        cr_assert_eq(t->local_rank, local);
+        cr_assert_eq(t->local_size, lsize);
+        cr_assert_eq(crux_topo_rank(t, t->my_node, t->local_rank), r);
+        cr_assert(t->min_local <= lsize && lsize <= t->max_local);
+    }
+    /* trees: links agree between parent and child, one root, heights consistent,
+     * and no rank is a leaf of both trees */
+    for (int tr = 0; tr < 2; tr++) {
+        int roots = 0;
+        for (int r = 0; r < size; r++) {
+            const struct crux_tree_links *k = &c[r].topo->tree[tr];
+            cr_assert_eq(k->root_height, c[0].topo->tree[tr].root_height);
+            int h = 0;
+            for (int i = 0; i < k->nchild; i++) {
+                const struct crux_tree_links *ch = &c[k->child[i]].topo->tree[tr];
+                cr_assert_eq(ch->parent, r, "tree %d: child %d of %d names parent %d", tr, k->child[i], r, ch->parent);
+                cr_assert_eq(ch->height, k->child_height[i]);
+                h = ch->height + 1 > h ? ch->height + 1 : h;
+            }
+            cr_assert_eq(k->height, h);
+            if (k->parent < 0) {
+                roots++;
+                cr_assert_eq(k->height, k->root_height);
+            } else {
+                const struct crux_tree_links *pk = &c[k->parent].topo->tree[tr];
+                int found = 0;
+                for (int i = 0; i < pk->nchild; i++)
+                    found |= pk->child[i] == r;
+                cr_assert(found, "tree %d: %d's parent %d does not list it", tr, r, k->parent);
+            }
+        }
+        cr_assert_eq(roots, 1);
+    }
+    for (int r = 0; size > 1 && r < size; r++)
+        cr_assert(c[r].topo->tree[0].nchild || c[r].topo->tree[1].nchild, "rank %d is a leaf twice", r);
+    for (int r = 0; r < size; r++)
+        crux_topo_free(c[r].topo);
+    free(c);
+    free(ctx->peers);
+    free(ctx);
+}
+
+static void check_world(int P, const int *host_of)
+{
+    int *world = malloc((size_t)P * sizeof(int));
+    for (int r = 0; r < P; r++)
+        world[r] = r;
+    check_layout(P, host_of, P, world);
+    free(world);
+}
+
+Test(topo, layouts)
+{
+    static const int l1[] = { 0 }, l2x2[] = { 0, 0, 1, 1 }, l2p1[] = { 0, 0, 1 },
+                     inter[] = { 0, 1, 0, 2, 1 }, l4p1[] = { 0, 0, 0, 0, 1, 2, 3 };
+    check_world(1, l1);
+    check_world(4, l2x2);
+    check_world(3, l2p1);
+    check_world(5, inter);
+    check_world(7, l4p1);
+}
+
+Test(topo, every_size_up_to_70_and_uneven_nodes)
+{
+    int host_of[70];
+    for (int P = 1; P <= 70; P++) {
+        for (int r = 0; r < P; r++)
+            host_of[r] = (r * 7) % (P / 3 + 1); /* scattered, uneven */
+        check_world(P, host_of);
+    }
+}
+
+Test(topo, sub_communicator_in_scrambled_order)
+{
+    static const int host_of[] = { 0, 0, 1, 1, 2, 2, 3, 3 };
+    int world[] = { 7, 2, 5, 0, 3 }; /* hosts 3, 1, 2, 0, 1 */
+    check_layout(8, host_of, 5, world);
+}
+
+static int pick(int nnodes, int max_local, int P, size_t bytes)
+{
+    static struct crux_ctx ctx;
+    cr_assert_eq(crux_config_load(&ctx.cfg), CRUX_SUCCESS);
+    struct crux_topo t = { .nnodes = nnodes, .max_local = max_local, .min_local = 1 };
+    struct crux_comm comm = { .ctx = &ctx, .size = P, .topo = &t };
+    struct crux_coll op = { .comm = &comm, .count = bytes / 4, .esize = 4 };
+    crux_allreduce_select(&op);
+    return op.algo;
+}
+
+Test(topo, auto_selection)
+{
+    unsetenv("CRUX_ALGO");
+    unsetenv("CRUX_RING_MIN_BYTES");
+    cr_assert_eq(pick(1, 4, 4, 1024), CRUX_ALGO_RECDBL);
+    cr_assert_eq(pick(1, 4, 4, 1 << 20), CRUX_ALGO_RING);
+    cr_assert_eq(pick(4, 1, 4, 1 << 20), CRUX_ALGO_TREE);
+    cr_assert_eq(pick(4, 1, 4, 4 << 20), CRUX_ALGO_RING);
+    cr_assert_eq(pick(4, 2, 8, 4 << 20), CRUX_ALGO_HIER);
+    cr_assert_eq(pick(2, 2, 4, 1 << 20), CRUX_ALGO_HIER);
+    cr_assert_eq(pick(2, 2, 4, 1024), CRUX_ALGO_RECDBL);
+    cr_assert_eq(pick(2, 1, 2, 1 << 20), CRUX_ALGO_RING);
+    setenv("CRUX_ALGO", "tree", 1);
+    cr_assert_eq(pick(1, 4, 4, 1024), CRUX_ALGO_TREE);
+    setenv("CRUX_ALGO", "hier", 1);
+    cr_assert_eq(pick(1, 1, 1, 0), CRUX_ALGO_HIER);
+    unsetenv("CRUX_ALGO");
+}

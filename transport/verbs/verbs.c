@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "numa.h"
 #include "reduce.h"
 
 static inline struct crux_verbs *vb_of(struct crux_tp *base) { return (struct crux_verbs *)base; }
@@ -57,21 +58,13 @@ static void peer_fail(struct crux_verbs *vb, struct vb_peer *q, int rc)
         vb->failed_rc = rc;
 }
 
-static const char *opcode_name(enum ibv_wc_opcode op)
+/* A failed completion's opcode field is undefined: name what we posted instead. */
+static const char *wr_what(unsigned kind)
 {
-    switch (op) {
-    case IBV_WC_SEND: return "SEND";
-    case IBV_WC_RDMA_WRITE: return "RDMA_WRITE";
-    case IBV_WC_RECV: return "RECV";
-    case IBV_WC_RECV_RDMA_WITH_IMM: return "RECV_RDMA_WITH_IMM";
-    default: return "other";
-    }
-}
-
-static const char *kind_name(unsigned k)
-{
-    static const char *n[] = {"?", "receive", "send", "rendezvous write", "credit write"};
-    return k < 5 ? n[k] : "?";
+    static const char *n[] = {"?", "RECV (bounce slot)", "SEND (eager/control message)",
+                              "RDMA_WRITE_WITH_IMM (rendezvous data)",
+                              "RDMA_WRITE (credit return / liveness probe)"};
+    return kind < 5 ? n[kind] : "?";
 }
 
 static void wc_failed(struct crux_verbs *vb, struct vb_peer *q, const struct ibv_wc *wc)
@@ -80,12 +73,11 @@ static void wc_failed(struct crux_verbs *vb, struct vb_peer *q, const struct ibv
         return; /* flushes after the first error */
     char g[48];
     vb_gid_format(q->rgid, g, sizeof(g));
-    /* The opcode of a failed completion is undefined: name the work request's kind too. */
-    crux_error(CRUX_SUBSYS_NET, "verbs: %s with rank %d (host %s, GID %s) failed: %s (status %d, "
-               "vendor error 0x%x, opcode %s, qp %u) on %s port %d",
-               kind_name((unsigned)(wc->wr_id >> 16) & 0xffff), q->rank, q->host, g,
-               ibv_wc_status_str(wc->status), (int)wc->status, wc->vendor_err,
-               opcode_name(wc->opcode), wc->qp_num, vb->dev_name, vb->port);
+    crux_error(CRUX_SUBSYS_NET, "verbs: work completion with rank %d (host %s, GID %s) failed: "
+               "%s (status %d, vendor error 0x%x, opcode %s, qp %u) on %s port %d", q->rank,
+               q->host, g, ibv_wc_status_str(wc->status), (int)wc->status, wc->vendor_err,
+               wr_what((unsigned)(wc->wr_id >> 16) & 0xffff), wc->qp_num, vb->dev_name,
+               vb->port);
     peer_fail(vb, q, CRUX_ERR_PEER);
 }
 
@@ -762,11 +754,29 @@ static int vb_block(struct crux_tp *base, int timeout_ms)
     return vb_progress(base);
 }
 
+/* Eager sends complete when posted; before the QPs go, let what is posted reach
+ * the peers (an RC completion means acknowledged), or a peer finishing its last
+ * collective would wait for a message that never left. Bounded: a dead peer's
+ * writes fail within the retry budget, a stuck one is given up after 2 s. */
+static void drain_sends(struct crux_verbs *vb)
+{
+    double end = crux_now() + 2.0;
+    for (;;) {
+        int busy = 0;
+        for (int i = 0; i < vb->npeers; i++)
+            busy |= !vb->peers[i].failed && vb->peers[i].sq_inflight > 0;
+        if (!busy || crux_now() > end || poll_cq(vb) < 0)
+            return;
+    }
+}
+
 void vb_close(struct crux_tp *base)
 {
     struct crux_verbs *vb = vb_of(base);
     if (!vb)
         return;
+    if (vb->cq)
+        drain_sends(vb);
     crux_debug(CRUX_SUBSYS_NET,
                "verbs: closing %d peers: sent %" PRIu64 " eager messages (%" PRIu64 " bytes) and %"
                PRIu64 " rendezvous (%" PRIu64 " bytes zero-copy); received %" PRIu64 " eager (%"
@@ -783,7 +793,8 @@ void vb_close(struct crux_tp *base)
         mrc_destroy(&vb->mrc);
     if (vb->mr)
         ibv_dereg_mr(vb->mr);
-    free(vb->region);
+    if (vb->region)
+        crux_numa_free(vb->region, vb->region_bytes);
     if (vb->cq)
         ibv_destroy_cq(vb->cq);
     if (vb->chan)

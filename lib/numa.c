@@ -40,6 +40,8 @@ static int topo_read_binding(struct crux_topo *t)
                ? CRUX_SUCCESS : CRUX_ERR_NOMEM;
 }
 
+static const char *const skipped_plugins[] = {"pci", "opencl", "gl", "cuda", "nvml", "rsmi", "levelzero"};
+
 int crux_topo_open(const char *xml, struct crux_topo **out)
 {
     int rc = CRUX_ERR_INTERNAL;
@@ -59,6 +61,12 @@ int crux_topo_open(const char *xml, struct crux_topo **out)
     }
     /* PCI devices, bridges and OS devices are filtered out unless asked for. */
     hwloc_topology_set_io_types_filter(t->topo, HWLOC_TYPE_FILTER_KEEP_IMPORTANT);
+    /* The linux backend reads PCI from sysfs itself; the libpciaccess plugin
+     * would only add leaks at exit (ASan fails every rank), and the GPU plugins
+     * would probe drivers and displays a communication library has no use for. */
+    for (size_t i = 0; i < sizeof(skipped_plugins) / sizeof(skipped_plugins[0]); i++)
+        hwloc_topology_set_components(t->topo, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST,
+                                      skipped_plugins[i]);
     if (hwloc_topology_load(t->topo) != 0) {
         crux_error(CRUX_SUBSYS_INIT, "hwloc_topology_load(%s): %s", xml ? xml : "this machine",
                    strerror(errno));

@@ -62,6 +62,16 @@ Test(verbs_hca, port)
 
 Test(verbs_hca, nothing_matches) { cr_assert_eq(vb_hca_pick("bnxt", ports, NPORTS), -1); }
 
+/* auto asks lib/numa.c for the nearest device (its placement logic is tested on
+ * synthetic topologies in test_numa); here: only active ports are offered. */
+Test(verbs_hca, auto_offers_active_ports_only)
+{
+    static const struct vb_port_desc some[] = {{"mlx5_0", 1, 0}, {"mlx5_1", 1, 1}};
+    static const struct vb_port_desc none[] = {{"mlx5_0", 1, 0}};
+    cr_assert_eq(vb_hca_pick("auto", some, 2), 1);
+    cr_assert_eq(vb_hca_pick("auto", none, 1), -1);
+}
+
 /* ---------- registration cache, device-free ---------- */
 
 struct fake_dev {
@@ -312,6 +322,24 @@ Test(verbs_vm, two_guests_paths, .timeout = 200)
     cr_assert_eq(res.status, 0, "exit %d", res.status);
     cr_assert(strstr(res.out, "[g0] rank 0: OK") && strstr(res.out, "[g1] rank 1: OK"));
     cr_assert_eq(count(res.out, "between hosts: verbs"), 2, "auto must choose verbs across hosts");
+    proc_result_free(&res);
+}
+
+/* Two ranks per guest, identity by hand: auto must put shm within a guest and
+ * verbs between them, and both carry allreduces of every size class exactly. */
+Test(verbs_vm, two_guests_2ranks_each_shm_and_verbs, .timeout = 200)
+{
+    struct proc_result res;
+    vm_run(2,
+           "export CRUX_SIZE=4 CRUX_ROOT=${RXE_VM_ADDRS%% *}:29500 CRUX_LOG_LEVEL=info "
+           "CRUX_LOG_SUBSYS=INIT; for j in 0 1; do CRUX_RANK=$((RXE_VM_INDEX*2+j)) "
+           "CRUX_LOCAL_RANK=$j " CRUX_TEST_VERBSPROG " sizes & p=\"$p $!\"; done; rc=0; "
+           "for i in $p; do wait $i || rc=1; done; exit $rc",
+           170, &res);
+    cr_assert_eq(res.status, 0, "exit %d", res.status);
+    cr_assert_eq(count(res.out, ": OK"), 4);
+    cr_assert_eq(count(res.out, "transport shm carries 1 peer(s)"), 4);
+    cr_assert_eq(count(res.out, "transport verbs carries 2 peer(s)"), 4);
     proc_result_free(&res);
 }
 

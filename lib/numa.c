@@ -183,6 +183,15 @@ static hwloc_obj_t osdev_by_name(const struct crux_topo *t, hwloc_obj_osdev_type
     return NULL;
 }
 
+const char *crux_topo_dev_name(const struct crux_topo *t, int i)
+{
+    for (hwloc_obj_t o = hwloc_get_next_osdev(t->topo, NULL); o;
+         o = hwloc_get_next_osdev(t->topo, o))
+        if (o->attr->osdev.type == HWLOC_OBJ_OSDEV_OPENFABRICS && o->name && i-- == 0)
+            return o->name;
+    return NULL;
+}
+
 /* Soft-RoCE and other software devices name the netdev they run over. */
 static int sysfs_parent_netdev(const char *ibdev, char *buf, size_t len)
 {
@@ -221,6 +230,16 @@ int crux_topo_dev_numa(const struct crux_topo *t, const char *ibdev)
     if (!a || anchor_is_vague(t, a) || hwloc_bitmap_iszero(a->nodeset))
         return -1;
     return hwloc_bitmap_first(a->nodeset);
+}
+
+void crux_topo_binding_cpus(const struct crux_topo *t, char *buf, size_t len)
+{
+    hwloc_bitmap_list_snprintf(buf, len, t->binding);
+}
+
+int crux_topo_is_bound(const struct crux_topo *t)
+{
+    return !hwloc_bitmap_isequal(t->binding, hwloc_topology_get_topology_cpuset(t->topo));
 }
 
 int crux_topo_binding_numa(const struct crux_topo *t)

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "crux.h"
+#include "harness.h"
 #include "lib/log.h"
 #include "lib/numa.h"
 
@@ -351,4 +352,52 @@ Test(numa_host, library_buffers_follow_the_binding)
     cr_assert_eq(resident_pages(p, len), len / (size_t)sysconf(_SC_PAGESIZE));
     crux_numa_free(p, len);
     cr_assert_eq(crux_topo_self(), self, "loaded once");
+}
+
+/* ---- crux-info's topology section ---- */
+
+TestSuite(numa_info, .init = quiet);
+
+Test(numa_info, prints_a_saved_topology)
+{
+    char *argv[] = {CRUX_INFO_PATH, "-t", TOPO_DIR "two_socket_hca_root.xml", NULL};
+    struct proc_result r;
+    run_proc(argv, NULL, 30, &r);
+    if (r.status != 0)
+        proc_result_dump(&r);
+    cr_assert_eq(r.status, 0);
+    cr_assert_str_eq(r.out, "topology (hwloc, from " TOPO_DIR "two_socket_hca_root.xml):\n"
+                            "  binding: none (a saved topology)\n"
+                            "  NUMA nodes: 2\n"
+                            "    node 0: CPUs 0-3\n"
+                            "    node 1: CPUs 4-7\n"
+                            "  RDMA devices: from the XML (ports are not recorded there)\n"
+                            "    mlx5_0: NUMA node 1\n"
+                            "    mlx5_9: NUMA node unknown\n");
+    proc_result_free(&r);
+}
+
+Test(numa_info, prints_this_machine)
+{
+    char *argv[] = {CRUX_INFO_PATH, NULL};
+    char *env[] = {"CRUX_LOG_LEVEL=warn", NULL};
+    struct proc_result r;
+    run_proc(argv, env, 30, &r);
+    if (r.status != 0)
+        proc_result_dump(&r);
+    cr_assert_eq(r.status, 0);
+    cr_assert(strstr(r.out, "\ntopology (hwloc, this machine):\n  binding: CPUs "), "%s", r.out);
+    cr_assert(strstr(r.out, "\n    node 0: CPUs "), "%s", r.out);
+    if (access("/sys/class/infiniband", F_OK) != 0)
+        cr_assert(strstr(r.out, "\n  RDMA devices: no RDMA devices ("), "%s", r.out);
+    else
+        cr_assert(strstr(r.out, "\n  RDMA devices: "), "%s", r.out);
+    proc_result_free(&r);
+
+    char *argv_bad[] = {CRUX_INFO_PATH, "-t", TOPO_DIR "no_such_file.xml", NULL};
+    run_proc(argv_bad, NULL, 30, &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(r.out, "topology: unavailable: hwloc could not load"), "%s", r.out);
+    cr_assert(strstr(r.err, "no_such_file.xml: No such file or directory"), "%s", r.err);
+    proc_result_free(&r);
 }

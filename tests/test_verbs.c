@@ -310,6 +310,17 @@ Test(verbs_vm, one_guest_paths_3ranks_and_memlock, .timeout = 200)
     proc_result_free(&res);
 }
 
+/* Four ranks on one rxe device, every size class exact (eager, rendezvous, ring). */
+Test(verbs_vm, one_guest_4ranks, .timeout = 200)
+{
+    struct proc_result res;
+    vm_run(1, "CRUX_TRANSPORT=verbs " CRUX_RUN_PATH " -n 4 " CRUX_TEST_VERBSPROG " sizes", 170,
+           &res);
+    cr_assert_eq(res.status, 0, "exit %d", res.status);
+    cr_assert_eq(count(res.out, ": OK"), 4);
+    proc_result_free(&res);
+}
+
 #define TWO_GUEST_ENV                                                                             \
     "export CRUX_RANK=$RXE_VM_INDEX CRUX_SIZE=$RXE_VM_COUNT CRUX_ROOT=${RXE_VM_ADDRS%% *}:29500 "  \
     "CRUX_LOG_LEVEL=info CRUX_LOG_SUBSYS=INIT; "

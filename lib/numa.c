@@ -208,6 +208,13 @@ static int sysfs_parent_netdev(const char *ibdev, char *buf, size_t len)
     return buf[0] ? 0 : -1;
 }
 
+static int sysfs_has_ibdev(const char *ibdev)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "/sys/class/infiniband/%s", ibdev);
+    return strchr(ibdev, '/') == NULL && access(path, F_OK) == 0;
+}
+
 /* The CPU-side object the device hangs off, or NULL if the device is unknown. */
 static hwloc_obj_t dev_anchor(const struct crux_topo *t, const char *ibdev)
 {
@@ -215,7 +222,12 @@ static hwloc_obj_t dev_anchor(const struct crux_topo *t, const char *ibdev)
     char netdev[64];
     if (!o && t->thissystem && sysfs_parent_netdev(ibdev, netdev, sizeof(netdev)) == 0)
         o = osdev_by_name(t, HWLOC_OBJ_OSDEV_NETWORK, netdev);
-    return o ? hwloc_get_non_io_ancestor_obj(t->topo, o) : NULL;
+    if (o)
+        return hwloc_get_non_io_ancestor_obj(t->topo, o);
+    /* One node: any device this kernel has (rxe over a virtual netdev) is on it. */
+    if (t->thissystem && crux_topo_numa_nodes(t) == 1 && sysfs_has_ibdev(ibdev))
+        return hwloc_get_root_obj(t->topo);
+    return NULL;
 }
 
 /* A device attached to the root of a multi-node machine has no known node. */

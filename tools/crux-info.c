@@ -322,7 +322,9 @@ static int print_overview(void)
 #ifdef CRUX_HAVE_VERBS
     char why[256];
     if (crux_verbs_usable(&cfg, why, sizeof(why)) == CRUX_SUCCESS)
-        printf("  verbs: available: %s (CRUX_IB_HCA=%s)\n", why, cfg.ib_hca[0] ? cfg.ib_hca : "");
+        printf("  verbs: available: %s (%s%s)\n", why,
+               cfg.ib_hca[0] ? "CRUX_IB_HCA=" : "CRUX_IB_HCA not set: the first active port",
+               cfg.ib_hca);
     else
         printf("  verbs: unavailable: %s\n", why);
 #else

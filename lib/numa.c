@@ -5,7 +5,8 @@
  * locality is that of its first non-I/O ancestor (the package or NUMA node whose
  * PCIe root complex it hangs off). Soft-RoCE devices have no PCI function of
  * their own, so on this machine an rxe device takes the locality of the network
- * interface it is layered on (/sys/class/infiniband/<dev>/parent).
+ * interface it is layered on (/sys/class/infiniband/<dev>/parent), and on a
+ * one-node host any device the kernel lists is on that node.
  */
 #include "numa.h"
 
@@ -40,7 +41,8 @@ static int topo_read_binding(struct crux_topo *t)
                ? CRUX_SUCCESS : CRUX_ERR_NOMEM;
 }
 
-static const char *const skipped_plugins[] = {"pci", "opencl", "gl", "cuda", "nvml", "rsmi", "levelzero"};
+static const char *const skipped_plugins[] = {"pci",  "opencl", "gl",       "cuda",
+                                              "nvml", "rsmi",   "levelzero"};
 
 int crux_topo_open(const char *xml, struct crux_topo **out)
 {
@@ -297,10 +299,11 @@ int crux_topo_warn_far_binding(const struct crux_topo *t, const char *ibdev)
 {
     if (crux_topo_dev_locality(t, ibdev) != CRUX_LOC_FAR)
         return 0;
-    char bound[128], local[128] = "?";
+    char bound[128], local[128];
     int node = crux_topo_dev_numa(t, ibdev);
     hwloc_bitmap_list_snprintf(bound, sizeof(bound), t->binding);
-    crux_topo_numa_cpus(t, node, local, sizeof(local));
+    /* FAR implies a known anchor: its CPUs are the ones to bind to. */
+    hwloc_bitmap_list_snprintf(local, sizeof(local), dev_anchor(t, ibdev)->cpuset);
     crux_warn(CRUX_SUBSYS_NET,
               "rank bound to CPUs %s, but %s is attached to NUMA node %d (CPUs %s): every "
               "transfer crosses the inter-socket link; bind ranks near their HCA or let "

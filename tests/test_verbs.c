@@ -310,14 +310,23 @@ Test(verbs_vm, one_guest_paths_3ranks_and_memlock, .timeout = 200)
     proc_result_free(&res);
 }
 
-/* Four ranks on one rxe device, every size class exact (eager, rendezvous, ring). */
-Test(verbs_vm, one_guest_4ranks, .timeout = 200)
+/* Four ranks on one rxe device, every size class exact (eager, rendezvous, ring).
+ * Then two ranks disagree on the count of a rendezvous-sized allreduce: the
+ * receivers refuse the RTS, and both ranks get CRUX_ERR_MISMATCH, no hang. */
+Test(verbs_vm, one_guest_4ranks_and_mismatch, .timeout = 200)
 {
     struct proc_result res;
-    vm_run(1, "CRUX_TRANSPORT=verbs " CRUX_RUN_PATH " -n 4 " CRUX_TEST_VERBSPROG " sizes", 170,
-           &res);
-    cr_assert_eq(res.status, 0, "exit %d", res.status);
+    vm_run(1, "export CRUX_TRANSPORT=verbs CRUX_TIMEOUT=60; " CRUX_RUN_PATH " -n 4 "
+           CRUX_TEST_VERBSPROG " sizes; echo sizes-exit=$?; " CRUX_RUN_PATH " -n 2 "
+           CRUX_TEST_VERBSPROG " mismatch; echo mismatch-exit=$?", 170, &res);
+    cr_assert(strstr(res.out, "sizes-exit=0"));
     cr_assert_eq(count(res.out, ": OK"), 4);
+    cr_assert(strstr(res.out, "mismatch-exit=3"), "want CRUX_ERR_MISMATCH (exit 3)");
+    char want[160];
+    snprintf(want, sizeof(want), "mismatched large allreduce returned %s",
+             crux_error_string(CRUX_ERR_MISMATCH));
+    cr_assert_eq(count(res.out, want), 2, "both ranks must report the mismatch");
+    cr_assert(strstr(res.out, "refused our message"), "the sender must log the refusal");
     proc_result_free(&res);
 }
 

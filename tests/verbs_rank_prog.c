@@ -4,6 +4,8 @@
  *                                  then the verbs counters prove which path each took
  *   crux_test_verbs_rank sizes     the exact checks only, up to 64 Ki elements (jobs
  *                                  mixing shm and verbs)
+ *   crux_test_verbs_rank mismatch  rank 0 passes one element more to a large (rendezvous)
+ *                                  allreduce: every rank must get CRUX_ERR_MISMATCH (exit 3)
  *
  * Exit 0 all good, 1 a check failed, 2 usage/setup.
  */
@@ -183,16 +185,31 @@ static void sizes_and_dtypes(int quick)
         }
 }
 
+static int mode_mismatch(void)
+{
+    size_t count = 100000 + (rank == 0);
+    float *b = calloc(count, sizeof(float));
+    int rc = crux_allreduce(CRUX_IN_PLACE, b, count, CRUX_FLOAT, CRUX_SUM, CRUX_COMM_WORLD);
+    printf("rank %d: mismatched large allreduce returned %s\n", rank, crux_error_string(rc));
+    fflush(stdout);
+    crux_finalize();
+    free(b);
+    return rc == CRUX_ERR_MISMATCH ? 3 : rc == CRUX_SUCCESS ? 5 : 4;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc < 2 || (strcmp(argv[1], "paths") && strcmp(argv[1], "sizes"))) {
-        fprintf(stderr, "usage: %s paths|sizes\n", argv[0]);
+    if (argc < 2 || (strcmp(argv[1], "paths") && strcmp(argv[1], "sizes") &&
+                     strcmp(argv[1], "mismatch"))) {
+        fprintf(stderr, "usage: %s paths|sizes|mismatch\n", argv[0]);
         return 2;
     }
     if (crux_init(&argc, &argv) != CRUX_SUCCESS)
         return 2;
     crux_comm_rank(CRUX_COMM_WORLD, &rank);
     crux_comm_size(CRUX_COMM_WORLD, &nranks);
+    if (!strcmp(argv[1], "mismatch"))
+        return mode_mismatch();
     sizes_and_dtypes(!strcmp(argv[1], "sizes"));
     if (!strcmp(argv[1], "paths")) {
         paths_small();

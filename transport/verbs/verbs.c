@@ -38,16 +38,19 @@ static void fail_queue(struct crux_xfer **head, struct crux_xfer **tail, int rc)
     *head = *tail = NULL;
 }
 
-/* The QP goes to error (flushing what is posted), every transfer with this peer
- * completes with rc, and later ones fail at once. */
-static void peer_fail(struct crux_verbs *vb, struct vb_peer *q, int rc)
+static void qp_to_error(struct vb_peer *q)
 {
-    if (q->failed)
-        return;
-    q->failed = rc;
     struct ibv_qp_attr a = {.qp_state = IBV_QPS_ERR};
-    if (q->qp)
+    if (q->qp && !q->qp_err)
         ibv_modify_qp(q->qp, &a, IBV_QP_STATE);
+    q->qp_err = 1;
+    q->hangup_at = 0;
+}
+
+/* Every transfer with this peer completes with rc, and later ones fail at once. */
+static void peer_fail_transfers(struct crux_verbs *vb, struct vb_peer *q, int rc)
+{
+    q->failed = rc;
     fail_queue(&q->sq_head, &q->sq_tail, rc);
     fail_queue(&q->rq_head, &q->rq_tail, rc);
     mrc_release(&vb->mrc, q->tx_mr);
@@ -56,6 +59,26 @@ static void peer_fail(struct crux_verbs *vb, struct vb_peer *q, int rc)
     q->rx_rdv = NULL;
     if (vb->failed_rc == CRUX_SUCCESS)
         vb->failed_rc = rc;
+}
+
+/* The peer is gone or broken: its QP goes to error (flushing what is posted). */
+static void peer_fail(struct crux_verbs *vb, struct vb_peer *q, int rc)
+{
+    if (q->failed)
+        return;
+    qp_to_error(q);
+    peer_fail_transfers(vb, q, rc);
+}
+
+/* The ranks called different collectives: nothing more with this peer can match.
+ * Hang up, but only after a second, so what is posted (a REFUSE, our own RTS)
+ * still reaches it; then its pending transfers fail too instead of waiting. */
+static void peer_hangup(struct crux_verbs *vb, struct vb_peer *q, int rc)
+{
+    if (q->failed)
+        return;
+    peer_fail_transfers(vb, q, rc);
+    q->hangup_at = crux_now() + 1.0;
 }
 
 /* A failed completion's opcode field is undefined: name what we posted instead. */
@@ -334,6 +357,7 @@ static void on_refuse(struct crux_verbs *vb, struct vb_peer *q, const struct vb_
                ")", q->rank, q->host, want, w->hdr.tag, w->hdr.seq, w->hdr.len, got, x->hdr.tag,
                x->hdr.seq, x->hdr.len);
     tx_pop(vb, q, CRUX_ERR_MISMATCH);
+    peer_hangup(vb, q, CRUX_ERR_MISMATCH);
 }
 
 /* ---------- receive side ---------- */
@@ -462,7 +486,8 @@ static void rx_match(struct crux_verbs *vb, struct vb_peer *q)
             slot_free(q, s);
             rx_pop(q, CRUX_ERR_MISMATCH);
             rx_send_refuse(vb, q);
-            continue;
+            peer_hangup(vb, q, CRUX_ERR_MISMATCH);
+            return;
         }
         if (w->type == VB_EAGER) {
             land(x, 0, (const uint8_t *)w + VB_HEAD_BYTES, x->len);
@@ -565,16 +590,14 @@ static int poll_cq(struct crux_verbs *vb)
             if (idx < 0 || idx >= vb->npeers)
                 continue;
             struct vb_peer *q = &vb->peers[idx];
-            if (wc[i].status != IBV_WC_SUCCESS) {
+            /* By our wr_id, not wc.opcode: undefined in failed completions. */
+            int is_recv = ((wc[i].wr_id >> 16) & 0xffff) == WR_RECV;
+            if (wc[i].status != IBV_WC_SUCCESS)
                 wc_failed(vb, q, &wc[i]);
-                continue;
-            }
-            if (q->failed)
-                continue;
-            if (wc[i].opcode & IBV_WC_RECV)
+            if (!is_recv)
+                on_send_done(vb, q, &wc[i]); /* a failed or hung-up peer's sends still drain */
+            else if (!q->failed)
                 on_recv(vb, q, &wc[i]);
-            else
-                on_send_done(vb, q, &wc[i]);
         }
     }
     if (n < 0) {
@@ -716,6 +739,8 @@ static void probe_peers(struct crux_verbs *vb)
     double now = crux_now();
     for (int i = 0; i < vb->npeers; i++) {
         struct vb_peer *q = &vb->peers[i];
+        if (q->hangup_at > 0 && now >= q->hangup_at)
+            qp_to_error(q);
         if (q->failed || (!q->rq_head && !q->sq_head) || now - q->last_probe < 0.2)
             continue;
         q->last_probe = now;
@@ -765,7 +790,7 @@ static void drain_sends(struct crux_verbs *vb)
         int busy = 0;
         /* Credit writes do not count: a peer that left first never acks them. */
         for (int i = 0; i < vb->npeers; i++)
-            busy |= !vb->peers[i].failed &&
+            busy |= !vb->peers[i].qp_err &&
                     vb->peers[i].sq_inflight - vb->peers[i].credit_inflight > 0;
         if (!busy || crux_now() > end || poll_cq(vb) < 0)
             return;

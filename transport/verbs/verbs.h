@@ -64,6 +64,8 @@ struct vb_peer {
     struct ibv_qp *qp;
     uint8_t rgid[16];           /* the peer's GID, for error messages */
     int failed;                 /* 0 or the CRUX_ERR_* its transfers completed with */
+    int qp_err;                 /* QP moved to the error state */
+    double hangup_at;           /* after a mismatch: when to move the QP to error */
     uint8_t *slots;             /* [VB_NSLOTS] receive bounce slots */
     uint8_t *sslots;            /* [VB_NSEND] send slots */
     uint8_t *scratch;           /* 2 * tp->window: receive-with-reduce landing zone */

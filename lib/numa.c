@@ -277,16 +277,39 @@ enum crux_locality crux_topo_dev_locality(const struct crux_topo *t, const char 
     return hwloc_bitmap_intersects(t->binding, a->cpuset) ? CRUX_LOC_PARTIAL : CRUX_LOC_FAR;
 }
 
+/* NUMA latency (the firmware's SLIT: 10 = local) from the binding's node to
+ * ibdev's; INT_MAX when either node or the matrix is unknown. */
+static int dev_distance(const struct crux_topo *t, const char *ibdev)
+{
+    hwloc_obj_t from = numa_obj(t, crux_topo_binding_numa(t));
+    hwloc_obj_t to = numa_obj(t, crux_topo_dev_numa(t, ibdev));
+    struct hwloc_distances_s *d;
+    unsigned nr = 1;
+    if (!from || !to ||
+        hwloc_distances_get_by_type(t->topo, HWLOC_OBJ_NUMANODE, &nr, &d,
+                                    HWLOC_DISTANCES_KIND_MEANS_LATENCY, 0) != 0 || nr == 0)
+        return INT_MAX;
+    hwloc_uint64_t there, back;
+    int dist = hwloc_distances_obj_pair_values(d, from, to, &there, &back) == 0 &&
+                       there < INT_MAX ? (int)there : INT_MAX;
+    hwloc_distances_release(t->topo, d);
+    return dist;
+}
+
 int crux_topo_pick_hca(const struct crux_topo *t, const char *const *devs, int ndevs)
 {
-    int best = -1;
+    int best = -1, best_dist = INT_MAX;
     enum crux_locality best_loc = CRUX_LOC_FAR;
+    /* Locality first; among equals, the NUMA distance (a far HCA on the same
+     * package beats one across the inter-socket link); then the name. */
     for (int i = 0; i < ndevs; i++) {
         enum crux_locality loc = crux_topo_dev_locality(t, devs[i]);
-        if (best < 0 || loc > best_loc ||
-            (loc == best_loc && strcmp(devs[i], devs[best]) < 0)) {
+        int dist = dev_distance(t, devs[i]);
+        if (best < 0 || loc > best_loc || (loc == best_loc && dist < best_dist) ||
+            (loc == best_loc && dist == best_dist && strcmp(devs[i], devs[best]) < 0)) {
             best = i;
             best_loc = loc;
+            best_dist = dist;
         }
     }
     if (best >= 0)

@@ -55,8 +55,9 @@ enum crux_locality {
 };
 enum crux_locality crux_topo_dev_locality(const struct crux_topo *t, const char *ibdev);
 
-/* CRUX_IB_HCA=auto: index into devs of the device nearest to the binding (highest
- * locality); ties go to the first name in strcmp order. -1 if ndevs <= 0. */
+/* CRUX_IB_HCA=auto: index into devs of the device nearest to the binding: highest
+ * locality, then smallest NUMA distance from the binding's node (when the topology
+ * has a latency matrix), then the first name in strcmp order. -1 if ndevs <= 0. */
 int crux_topo_pick_hca(const struct crux_topo *t, const char *const *devs, int ndevs);
 
 /* Logs a warning and returns 1 when the rank is bound to CPUs that are all far

@@ -6,6 +6,8 @@
  * two_socket_hcas_on_1.xml: the same sockets, mlx5_0 and mlx5_1 both on package 1.
  * two_socket_hca_root.xml: the same sockets, mlx5_0 on package 1 and mlx5_9 behind
  *                          a host bridge hwloc could only attach to the machine.
+ * four_node_slit.xml:      two packages of two NUMA nodes (node n = PUs 4n..4n+3),
+ *                          latencies 10/12/32; mlx5_0 on node 3, mlx5_1 on node 1.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -169,6 +171,31 @@ Test(numa_xml, unknown_locality_beats_far)
     cr_assert_eq(crux_topo_warn_far_binding(t, "mlx5_9"), 0, "no warning on a guess");
     bind_to(t, "4");
     cr_assert_eq(crux_topo_pick_hca(t, devs, 2), 0, "local mlx5_0 wins");
+    crux_topo_close(t);
+}
+
+Test(numa_xml, pick_hca_by_numa_distance)
+{
+    struct crux_topo *t = open_xml("four_node_slit.xml");
+    const char *const devs[] = {"mlx5_0", "mlx5_1"};
+    cr_assert_eq(crux_topo_numa_nodes(t), 4);
+    cr_assert_eq(crux_topo_dev_numa(t, "mlx5_0"), 3);
+    cr_assert_eq(crux_topo_dev_numa(t, "mlx5_1"), 1);
+    bind_to(t, "0-3");
+    cr_assert_eq(crux_topo_binding_numa(t), 0);
+    cr_assert_eq(crux_topo_dev_locality(t, "mlx5_0"), CRUX_LOC_FAR);
+    cr_assert_eq(crux_topo_dev_locality(t, "mlx5_1"), CRUX_LOC_FAR);
+    cr_assert_eq(crux_topo_pick_hca(t, devs, 2), 1, "node 0: mlx5_1 at 12 beats mlx5_0 at 32");
+    bind_to(t, "9");
+    cr_assert_eq(crux_topo_pick_hca(t, devs, 2), 0, "node 2: mlx5_0 at 12 beats mlx5_1 at 32");
+    bind_to(t, "12-15");
+    cr_assert_eq(crux_topo_pick_hca(t, devs, 2), 0, "node 3: local mlx5_0");
+    bind_to(t, "4-7");
+    cr_assert_eq(crux_topo_pick_hca(t, devs, 2), 1, "node 1: local mlx5_1");
+    bind_to(t, "0-15");
+    cr_assert_eq(crux_topo_pick_hca(t, devs, 2), 0, "unbound: mlx5_0 by name");
+    bind_to(t, "3-4");
+    cr_assert_eq(crux_topo_pick_hca(t, devs, 2), 1, "straddling nodes 0-1: partly local mlx5_1");
     crux_topo_close(t);
 }
 

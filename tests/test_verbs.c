@@ -312,15 +312,19 @@ Test(verbs_vm, one_guest_paths_3ranks_and_memlock, .timeout = 200)
 
 /* Four ranks on one rxe device, every size class exact (eager, rendezvous, ring).
  * Then two ranks disagree on the count of a rendezvous-sized allreduce: the
- * receivers refuse the RTS, and both ranks get CRUX_ERR_MISMATCH, no hang. */
-Test(verbs_vm, one_guest_4ranks_and_mismatch, .timeout = 200)
+ * receivers refuse the RTS, and both ranks get CRUX_ERR_MISMATCH, no hang. Then
+ * a sender floods a receiver that posts nothing: credits stop it at the posted
+ * slots, and all 400 messages arrive in order, exact. */
+Test(verbs_vm, one_guest_4ranks_mismatch_flow, .timeout = 200)
 {
     struct proc_result res;
     vm_run(1, "export CRUX_TRANSPORT=verbs CRUX_TIMEOUT=60; " CRUX_RUN_PATH " -n 4 "
            CRUX_TEST_VERBSPROG " sizes; echo sizes-exit=$?; " CRUX_RUN_PATH " -n 2 "
-           CRUX_TEST_VERBSPROG " mismatch; echo mismatch-exit=$?", 170, &res);
+           CRUX_TEST_VERBSPROG " mismatch; echo mismatch-exit=$?; " CRUX_RUN_PATH " -n 2 "
+           CRUX_TEST_VERBSPROG " flow; echo flow-exit=$?", 170, &res);
     cr_assert(strstr(res.out, "sizes-exit=0"));
-    cr_assert_eq(count(res.out, ": OK"), 4);
+    cr_assert(strstr(res.out, "flow-exit=0"), "credit flow control or ordering failed");
+    cr_assert_eq(count(res.out, ": OK"), 6);
     cr_assert(strstr(res.out, "mismatch-exit=3"), "want CRUX_ERR_MISMATCH (exit 3)");
     char want[160];
     snprintf(want, sizeof(want), "mismatched large allreduce returned %s",

@@ -4,6 +4,10 @@
  *                                  then the verbs counters prove which path each took
  *   crux_test_verbs_rank sizes     the exact checks only, up to 64 Ki elements (jobs
  *                                  mixing shm and verbs)
+ *   crux_test_verbs_rank flow      rank 0 floods rank 1 with 400 messages (eager and
+ *                                  rendezvous) while rank 1 posts nothing: credits hold
+ *                                  the sender to the receiver's posted slots; then every
+ *                                  message arrives in order with its exact bytes
  *   crux_test_verbs_rank mismatch  rank 0 passes one element more to a large (rendezvous)
  *                                  allreduce: every rank must get CRUX_ERR_MISMATCH (exit 3)
  *
@@ -16,6 +20,11 @@
 
 #include "crux.h"
 #include "crux_internal.h"
+#ifdef CRUX_HAVE_VERBS
+#include "transport/verbs/verbs.h"
+#else
+#define VB_NRECV 32
+#endif
 
 static int rank, nranks, failures;
 
@@ -185,6 +194,97 @@ static void sizes_and_dtypes(int quick)
         }
 }
 
+enum { FLOW_N = 400 };
+
+/* 200 eager messages first (the flood credits must stop), then every tenth rendezvous. */
+static size_t flow_len(int i)
+{
+    return i >= 200 && i % 10 == 9 ? 20000 + (size_t)i : (size_t)(i * 13) % 8000;
+}
+
+/* Drive the transport until every xfer is done. */
+static int flow_wait(struct crux_tp *tp, struct crux_xfer *xs, int n)
+{
+    for (;;) {
+        int rc = tp->ops->progress(tp), pending = 0;
+        if (rc != CRUX_SUCCESS)
+            return rc;
+        for (int i = 0; i < n; i++)
+            pending += !xs[i].done;
+        if (!pending)
+            return CRUX_SUCCESS;
+        tp->ops->block(tp, 10);
+    }
+}
+
+static int mode_flow(void)
+{
+    struct crux_ctx *ctx = crux_ctx_g;
+    if (nranks != 2 || !ctx->peer_tp[1 - rank]) {
+        CHECK(0, "flow needs 2 ranks");
+        return 1;
+    }
+    struct crux_tp *tp = ctx->peer_tp[1 - rank];
+    static struct crux_xfer xs[FLOW_N];
+    static uint8_t *bufs[FLOW_N];
+    for (int i = 0; i < FLOW_N; i++) {
+        size_t len = flow_len(i);
+        bufs[i] = malloc(len + 1);
+        for (size_t k = 0; k < len; k++)
+            bufs[i][k] = rank == 0 ? (uint8_t)(i * 7 + k) : 0xee;
+        struct crux_xfer *x = &xs[i];
+        memset(x, 0, sizeof(*x));
+        x->peer = 1 - rank;
+        x->buf = bufs[i];
+        x->len = len;
+        x->hdr = (struct crux_msg_hdr){.ctx_id = 99, .tag = (uint32_t)i, .seq = 1, .sig = 7,
+                                       .len = len};
+    }
+    /* A slow receiver: rank 1 posts nothing (and progresses nothing) until rank 0
+     * has pushed as hard as it can; the out-of-band barrier orders the two. */
+    if (rank == 1)
+        CHECK(crux_bootstrap_barrier(ctx->bs) == CRUX_SUCCESS, "bootstrap barrier");
+    for (int i = 0; i < FLOW_N; i++)
+        CHECK((rank == 0 ? tp->ops->isend(tp, &xs[i]) : tp->ops->irecv(tp, &xs[i])) ==
+                  CRUX_SUCCESS, "post %d", i);
+    if (rank == 0) {
+        /* While the receiver sleeps (not re-posting anything), only its initially
+         * posted slots can be filled: eager sends complete on posting, so at most
+         * VB_NRECV of them can be done, however long we push. */
+        for (int k = 0; k < 50; k++) {
+            tp->ops->progress(tp);
+            tp->ops->block(tp, 10);
+        }
+        int sent = 0;
+        for (int i = 0; i < FLOW_N; i++)
+            sent += xs[i].done;
+        printf("rank 0: flow: %d of %d messages out before the receiver woke\n", sent, FLOW_N);
+        CHECK(sent > 0 && sent <= VB_NRECV, "%d messages sent to a receiver with %d credits",
+              sent, VB_NRECV);
+        CHECK(crux_bootstrap_barrier(ctx->bs) == CRUX_SUCCESS, "bootstrap barrier");
+    }
+    CHECK(flow_wait(tp, xs, FLOW_N) == CRUX_SUCCESS, "flow transfers");
+    for (int i = 0; i < FLOW_N; i++) {
+        CHECK(xs[i].rc == CRUX_SUCCESS, "message %d: %s", i, crux_error_string(xs[i].rc));
+        for (size_t k = 0; rank == 1 && k < xs[i].len; k++)
+            if (bufs[i][k] != (uint8_t)(i * 7 + k)) {
+                CHECK(0, "message %d byte %zu: %u", i, k, bufs[i][k]);
+                break;
+            }
+        free(bufs[i]);
+    }
+    struct crux_tp_stats st;
+    if (verbs_stats(&st) == 0)
+        printf("rank %d: flow: %llu eager and %llu rendezvous messages\n", rank,
+               (unsigned long long)(rank ? st.rx_eager_msgs : st.tx_eager_msgs),
+               (unsigned long long)(rank ? st.rx_rdv_msgs : st.tx_rdv_msgs));
+    int rc = crux_finalize();
+    CHECK(rc == CRUX_SUCCESS, "finalize: %s", crux_error_string(rc));
+    if (!failures)
+        printf("rank %d: OK\n", rank);
+    return failures ? 1 : 0;
+}
+
 static int mode_mismatch(void)
 {
     size_t count = 100000 + (rank == 0);
@@ -200,8 +300,8 @@ static int mode_mismatch(void)
 int main(int argc, char **argv)
 {
     if (argc < 2 || (strcmp(argv[1], "paths") && strcmp(argv[1], "sizes") &&
-                     strcmp(argv[1], "mismatch"))) {
-        fprintf(stderr, "usage: %s paths|sizes|mismatch\n", argv[0]);
+                     strcmp(argv[1], "mismatch") && strcmp(argv[1], "flow"))) {
+        fprintf(stderr, "usage: %s paths|sizes|mismatch|flow\n", argv[0]);
         return 2;
     }
     if (crux_init(&argc, &argv) != CRUX_SUCCESS)
@@ -210,6 +310,8 @@ int main(int argc, char **argv)
     crux_comm_size(CRUX_COMM_WORLD, &nranks);
     if (!strcmp(argv[1], "mismatch"))
         return mode_mismatch();
+    if (!strcmp(argv[1], "flow"))
+        return mode_flow();
     sizes_and_dtypes(!strcmp(argv[1], "sizes"));
     if (!strcmp(argv[1], "paths")) {
         paths_small();

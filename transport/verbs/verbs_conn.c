@@ -32,8 +32,14 @@ struct vb_rec_peer {
 static int mrc_reg_cb(void *arg, void *addr, size_t len, void **mr)
 {
     struct crux_verbs *vb = arg;
-    *mr = vb_reg(vb->pd, addr, len,
-                 IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE, "user buffer");
+    *mr = ibv_reg_mr(vb->pd, addr, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+    /* A send buffer in read-only memory (a const table) cannot be pinned writable;
+     * the HCA only reads it, so register it read-only. */
+    if (!*mr && (errno == EFAULT || errno == EACCES || errno == EPERM))
+        *mr = ibv_reg_mr(vb->pd, addr, len, 0);
+    if (!*mr)
+        *mr = vb_reg(vb->pd, addr, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE,
+                     "user buffer");
     return *mr ? CRUX_SUCCESS : errno == ENOMEM ? CRUX_ERR_NOMEM : CRUX_ERR_TRANSPORT;
 }
 

@@ -250,7 +250,9 @@ static int tx_rts(struct crux_verbs *vb, struct vb_peer *q, struct crux_xfer *x)
     if (!q->tx_mr) {
         int rc = mrc_acquire(&vb->mrc, x->buf, x->len, &q->tx_mr);
         if (rc != CRUX_SUCCESS) {
+            /* The peer would wait for this message forever: hang up on it. */
             tx_pop(vb, q, rc);
+            peer_hangup(vb, q, rc);
             return 1;
         }
     }
@@ -349,6 +351,14 @@ static void on_refuse(struct crux_verbs *vb, struct vb_peer *q, const struct vb_
         peer_fail(vb, q, CRUX_ERR_INTERNAL);
         return;
     }
+    if (w->off == VB_REFUSE_NOREG) {
+        crux_error(CRUX_SUBSYS_NET, "verbs: rank %d (%s) could not register its %" PRIu64
+                   "-byte receive buffer for our message (see its log)", q->rank, q->host,
+                   x->hdr.len);
+        tx_pop(vb, q, CRUX_ERR_PEER);
+        peer_hangup(vb, q, CRUX_ERR_PEER);
+        return;
+    }
     char want[128], got[128];
     crux_coll_sig_describe(w->hdr.sig, want, sizeof(want));
     crux_coll_sig_describe(x->hdr.sig, got, sizeof(got));
@@ -443,8 +453,11 @@ static void rx_send_refuse(struct crux_verbs *vb, struct vb_peer *q)
     w->type = VB_REFUSE;
     w->id = q->refuse_id;
     w->hdr = q->refuse_hdr;
-    if (send_slot(vb, q, s, 0) == 0)
+    w->off = (uint64_t)q->refuse_why;
+    if (send_slot(vb, q, s, 0) == 0) {
         q->refuse_due = 0;
+        q->refuse_why = VB_REFUSE_MISMATCH;
+    }
 }
 
 static void rx_start_rdv(struct crux_verbs *vb, struct vb_peer *q, struct crux_xfer *x,
@@ -453,9 +466,14 @@ static void rx_start_rdv(struct crux_verbs *vb, struct vb_peer *q, struct crux_x
     if (!x->reduce_src) {
         int rc = mrc_acquire(&vb->mrc, x->buf, x->len, &q->rx_mr);
         if (rc != CRUX_SUCCESS) {
-            /* The sender waits for a grant that never comes: its collective fails
-             * on the timeout, ours fails now with the reason. */
+            /* Tell the sender (it would wait for a grant), then give up on the peer. */
+            q->refuse_due = 1;
+            q->refuse_id = id;
+            q->refuse_hdr = x->hdr;
+            q->refuse_why = VB_REFUSE_NOREG;
+            rx_send_refuse(vb, q);
             rx_pop(q, rc);
+            peer_hangup(vb, q, rc);
             return;
         }
     }

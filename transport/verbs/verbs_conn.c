@@ -37,6 +37,8 @@ static int mrc_reg_cb(void *arg, void *addr, size_t len, void **mr)
      * the HCA only reads it, so register it read-only. */
     if (!*mr && (errno == EFAULT || errno == EACCES || errno == EPERM))
         *mr = ibv_reg_mr(vb->pd, addr, len, 0);
+    if (!*mr && errno == ENOMEM && mrc_has_idle(&vb->mrc))
+        return CRUX_ERR_NOMEM; /* the cache evicts its idle entries and retries */
     if (!*mr)
         *mr = vb_reg(vb->pd, addr, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE,
                      "user buffer");

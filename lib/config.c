@@ -81,8 +81,9 @@ const struct crux_param crux_params[] = {
     {"IB_HCA", CRUX_PARAM_IFLIST, "", OFF(ib_hca), NULL,
      "RDMA devices (and ports) verbs may use; it takes the first active port that matches: a "
      "comma list of device-name prefixes (mlx5,rxe); a leading ^ excludes them (^mlx5_1); a "
-     "leading = takes exact names (=mlx5_0); name:port picks one port (=mlx5_0:1). Empty: the "
-     "first active port of any device."},
+     "leading = takes exact names (=mlx5_0); name:port picks one port (=mlx5_0:1). auto: the "
+     "device nearest to the rank's CPU binding (hwloc). Empty: the first active port of any "
+     "device."},
     {"IB_GID_INDEX", CRUX_PARAM_INT, "", OFF(ib_gid_index), "0..1023",
      "GID table index used to address peers. Not set: on Ethernet (RoCE) the first RoCEv2 GID "
      "holding an IPv4 address, on InfiniBand the port GID (index 0)."},

@@ -5,7 +5,8 @@
  * locality is that of its first non-I/O ancestor (the package or NUMA node whose
  * PCIe root complex it hangs off). Soft-RoCE devices have no PCI function of
  * their own, so on this machine an rxe device takes the locality of the network
- * interface it is layered on (/sys/class/infiniband/<dev>/parent).
+ * interface it is layered on (/sys/class/infiniband/<dev>/parent), and on a
+ * one-node host any device the kernel lists is on that node.
  */
 #include "numa.h"
 
@@ -40,6 +41,9 @@ static int topo_read_binding(struct crux_topo *t)
                ? CRUX_SUCCESS : CRUX_ERR_NOMEM;
 }
 
+static const char *const skipped_plugins[] = {"pci",  "opencl", "gl",       "cuda",
+                                              "nvml", "rsmi",   "levelzero"};
+
 int crux_topo_open(const char *xml, struct crux_topo **out)
 {
     int rc = CRUX_ERR_INTERNAL;
@@ -59,6 +63,12 @@ int crux_topo_open(const char *xml, struct crux_topo **out)
     }
     /* PCI devices, bridges and OS devices are filtered out unless asked for. */
     hwloc_topology_set_io_types_filter(t->topo, HWLOC_TYPE_FILTER_KEEP_IMPORTANT);
+    /* The linux backend reads PCI from sysfs itself; the libpciaccess plugin
+     * would only add leaks at exit (ASan fails every rank), and the GPU plugins
+     * would probe drivers and displays a communication library has no use for. */
+    for (size_t i = 0; i < sizeof(skipped_plugins) / sizeof(skipped_plugins[0]); i++)
+        hwloc_topology_set_components(t->topo, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST,
+                                      skipped_plugins[i]);
     if (hwloc_topology_load(t->topo) != 0) {
         crux_error(CRUX_SUBSYS_INIT, "hwloc_topology_load(%s): %s", xml ? xml : "this machine",
                    strerror(errno));
@@ -175,6 +185,15 @@ static hwloc_obj_t osdev_by_name(const struct crux_topo *t, hwloc_obj_osdev_type
     return NULL;
 }
 
+const char *crux_topo_dev_name(const struct crux_topo *t, int i)
+{
+    for (hwloc_obj_t o = hwloc_get_next_osdev(t->topo, NULL); o;
+         o = hwloc_get_next_osdev(t->topo, o))
+        if (o->attr->osdev.type == HWLOC_OBJ_OSDEV_OPENFABRICS && o->name && i-- == 0)
+            return o->name;
+    return NULL;
+}
+
 /* Soft-RoCE and other software devices name the netdev they run over. */
 static int sysfs_parent_netdev(const char *ibdev, char *buf, size_t len)
 {
@@ -191,6 +210,13 @@ static int sysfs_parent_netdev(const char *ibdev, char *buf, size_t len)
     return buf[0] ? 0 : -1;
 }
 
+static int sysfs_has_ibdev(const char *ibdev)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "/sys/class/infiniband/%s", ibdev);
+    return strchr(ibdev, '/') == NULL && access(path, F_OK) == 0;
+}
+
 /* The CPU-side object the device hangs off, or NULL if the device is unknown. */
 static hwloc_obj_t dev_anchor(const struct crux_topo *t, const char *ibdev)
 {
@@ -198,7 +224,12 @@ static hwloc_obj_t dev_anchor(const struct crux_topo *t, const char *ibdev)
     char netdev[64];
     if (!o && t->thissystem && sysfs_parent_netdev(ibdev, netdev, sizeof(netdev)) == 0)
         o = osdev_by_name(t, HWLOC_OBJ_OSDEV_NETWORK, netdev);
-    return o ? hwloc_get_non_io_ancestor_obj(t->topo, o) : NULL;
+    if (o)
+        return hwloc_get_non_io_ancestor_obj(t->topo, o);
+    /* One node: any device this kernel has (rxe over a virtual netdev) is on it. */
+    if (t->thissystem && crux_topo_numa_nodes(t) == 1 && sysfs_has_ibdev(ibdev))
+        return hwloc_get_root_obj(t->topo);
+    return NULL;
 }
 
 /* A device attached to the root of a multi-node machine has no known node. */
@@ -213,6 +244,16 @@ int crux_topo_dev_numa(const struct crux_topo *t, const char *ibdev)
     if (!a || anchor_is_vague(t, a) || hwloc_bitmap_iszero(a->nodeset))
         return -1;
     return hwloc_bitmap_first(a->nodeset);
+}
+
+void crux_topo_binding_cpus(const struct crux_topo *t, char *buf, size_t len)
+{
+    hwloc_bitmap_list_snprintf(buf, len, t->binding);
+}
+
+int crux_topo_is_bound(const struct crux_topo *t)
+{
+    return !hwloc_bitmap_isequal(t->binding, hwloc_topology_get_topology_cpuset(t->topo));
 }
 
 int crux_topo_binding_numa(const struct crux_topo *t)
@@ -236,16 +277,39 @@ enum crux_locality crux_topo_dev_locality(const struct crux_topo *t, const char 
     return hwloc_bitmap_intersects(t->binding, a->cpuset) ? CRUX_LOC_PARTIAL : CRUX_LOC_FAR;
 }
 
+/* NUMA latency (the firmware's SLIT: 10 = local) from the binding's node to
+ * ibdev's; INT_MAX when either node or the matrix is unknown. */
+static int dev_distance(const struct crux_topo *t, const char *ibdev)
+{
+    hwloc_obj_t from = numa_obj(t, crux_topo_binding_numa(t));
+    hwloc_obj_t to = numa_obj(t, crux_topo_dev_numa(t, ibdev));
+    struct hwloc_distances_s *d;
+    unsigned nr = 1;
+    if (!from || !to ||
+        hwloc_distances_get_by_type(t->topo, HWLOC_OBJ_NUMANODE, &nr, &d,
+                                    HWLOC_DISTANCES_KIND_MEANS_LATENCY, 0) != 0 || nr == 0)
+        return INT_MAX;
+    hwloc_uint64_t there, back;
+    int dist = hwloc_distances_obj_pair_values(d, from, to, &there, &back) == 0 &&
+                       there < INT_MAX ? (int)there : INT_MAX;
+    hwloc_distances_release(t->topo, d);
+    return dist;
+}
+
 int crux_topo_pick_hca(const struct crux_topo *t, const char *const *devs, int ndevs)
 {
-    int best = -1;
+    int best = -1, best_dist = INT_MAX;
     enum crux_locality best_loc = CRUX_LOC_FAR;
+    /* Locality first; among equals, the NUMA distance (a far HCA on the same
+     * package beats one across the inter-socket link); then the name. */
     for (int i = 0; i < ndevs; i++) {
         enum crux_locality loc = crux_topo_dev_locality(t, devs[i]);
-        if (best < 0 || loc > best_loc ||
-            (loc == best_loc && strcmp(devs[i], devs[best]) < 0)) {
+        int dist = dev_distance(t, devs[i]);
+        if (best < 0 || loc > best_loc || (loc == best_loc && dist < best_dist) ||
+            (loc == best_loc && dist == best_dist && strcmp(devs[i], devs[best]) < 0)) {
             best = i;
             best_loc = loc;
+            best_dist = dist;
         }
     }
     if (best >= 0)
@@ -258,10 +322,11 @@ int crux_topo_warn_far_binding(const struct crux_topo *t, const char *ibdev)
 {
     if (crux_topo_dev_locality(t, ibdev) != CRUX_LOC_FAR)
         return 0;
-    char bound[128], local[128] = "?";
+    char bound[128], local[128];
     int node = crux_topo_dev_numa(t, ibdev);
     hwloc_bitmap_list_snprintf(bound, sizeof(bound), t->binding);
-    crux_topo_numa_cpus(t, node, local, sizeof(local));
+    /* FAR implies a known anchor: its CPUs are the ones to bind to. */
+    hwloc_bitmap_list_snprintf(local, sizeof(local), dev_anchor(t, ibdev)->cpuset);
     crux_warn(CRUX_SUBSYS_NET,
               "rank bound to CPUs %s, but %s is attached to NUMA node %d (CPUs %s): every "
               "transfer crosses the inter-socket link; bind ranks near their HCA or let "

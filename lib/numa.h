@@ -33,9 +33,16 @@ int crux_topo_numa_os_index(const struct crux_topo *t, int i);
 /* The node's CPUs as a PU list ("0-3,8") into buf; -1 if no such node. */
 int crux_topo_numa_cpus(const struct crux_topo *t, int node, char *buf, size_t len);
 
+/* Name of the i-th RDMA (OpenFabrics) device hwloc sees, NULL past the last.
+ * Valid until crux_topo_close. */
+const char *crux_topo_dev_name(const struct crux_topo *t, int i);
 /* NUMA node local to RDMA device ibdev ("mlx5_0"), -1 if unknown (device not in
  * the topology, or attached to the whole machine of a multi-node host). */
 int crux_topo_dev_numa(const struct crux_topo *t, const char *ibdev);
+/* The binding as a PU list ("0-3,8") into buf. */
+void crux_topo_binding_cpus(const struct crux_topo *t, char *buf, size_t len);
+/* 1 if the binding leaves out some CPU of the topology, 0 if the rank is unbound. */
+int crux_topo_is_bound(const struct crux_topo *t);
 /* The NUMA node the binding lies in, -1 if it spans several nodes (unbound). */
 int crux_topo_binding_numa(const struct crux_topo *t);
 
@@ -48,8 +55,9 @@ enum crux_locality {
 };
 enum crux_locality crux_topo_dev_locality(const struct crux_topo *t, const char *ibdev);
 
-/* CRUX_IB_HCA=auto: index into devs of the device nearest to the binding (highest
- * locality); ties go to the first name in strcmp order. -1 if ndevs <= 0. */
+/* CRUX_IB_HCA=auto: index into devs of the device nearest to the binding: highest
+ * locality, then smallest NUMA distance from the binding's node (when the topology
+ * has a latency matrix), then the first name in strcmp order. -1 if ndevs <= 0. */
 int crux_topo_pick_hca(const struct crux_topo *t, const char *const *devs, int ndevs);
 
 /* Logs a warning and returns 1 when the rank is bound to CPUs that are all far

@@ -5,7 +5,10 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config libcriterion-dev libhwloc-dev libisal-dev
       libibverbs-dev librdmacm-dev iproute2 procps
       zlib1g-dev dataset-fashion-mnist                  # examples/train
-      util-linux slurmctld slurmd slurm-client munge)   # multi-host and Slurm tests
+      slurmctld slurmd slurm-client munge               # multi-host and Slurm tests
+      # Soft-RoCE VM tests (tests/vm/rxe-vm): QEMU guests booting Debian's kernel with rdma_rxe
+      qemu-system-x86 linux-image-amd64 busybox-static rdma-core ibverbs-providers ibverbs-utils
+      rdmacm-utils perftest kmod cpio xz-utils vde2 util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -1,8 +1,10 @@
 /* crux-info - what this crux build can do on this machine, and its parameters.
  *
- *   crux-info       version, build, reduction ISA, transports and why
- *   crux-info -c    every CRUX_* parameter: doc, type, default, current value
- *   crux-info -v    version only
+ *   crux-info            version, build, reduction ISA, transports and why, topology
+ *   crux-info -c         every CRUX_* parameter: doc, type, default, current value
+ *   crux-info -t [XML]   topology only: NUMA nodes, the binding, RDMA devices with their
+ *                        NUMA node and ports (or those of a saved hwloc XML topology)
+ *   crux-info -v         version only
  *
  * Needs no job: it never calls crux_init.
  */
@@ -15,18 +17,29 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#ifdef CRUX_HAVE_VERBS
+#include <infiniband/verbs.h>
+
+#include "transport/verbs/verbs.h"
+#endif
+
 #include "crux.h"
 #include "lib/buildinfo.h"
 #include "lib/config.h"
 #include "lib/log.h"
+#include "lib/numa.h"
 #include "lib/reduce.h"
 #include "transport/tcp/tcp_iface.h"
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: crux-info [-c | -v | -h]\n"
-                 "  (none)  version, build options, reduction ISA, usable transports\n"
+    fprintf(out, "usage: crux-info [-c | -t [XML] | -v | -h]\n"
+                 "  (none)  version, build options, reduction ISA, usable transports, topology\n"
                  "  -c      print every CRUX_* parameter with its doc, default and current value\n"
+                 "  -t, --topology [XML]\n"
+                 "          NUMA nodes, this process's CPU binding, RDMA devices with their NUMA\n"
+                 "          node, ports, link layer, active MTU, speed and state; with XML, the\n"
+                 "          nodes and devices of a saved hwloc topology (lstopo --of xml)\n"
                  "  -v      print the version only\n"
                  "  -h      this help\n");
 }
@@ -105,6 +118,190 @@ static void print_tcp(const struct crux_config *cfg)
                ? " (loopback: ranks on other hosts cannot connect)" : "");
 }
 
+static const char *locality_name(enum crux_locality loc)
+{
+    switch (loc) {
+    case CRUX_LOC_LOCAL: return "local to the binding";
+    case CRUX_LOC_PARTIAL: return "partly local to the binding";
+    case CRUX_LOC_FAR: return "far from the binding";
+    case CRUX_LOC_UNKNOWN: break;
+    }
+    return "locality unknown";
+}
+
+/* A saved topology has no binding to be near or far from. */
+static void print_dev_numa(const struct crux_topo *t, const char *name, int with_locality)
+{
+    int node = crux_topo_dev_numa(t, name);
+    if (node < 0)
+        printf("    %s: NUMA node unknown\n", name);
+    else if (with_locality)
+        printf("    %s: NUMA node %d, %s\n", name, node,
+               locality_name(crux_topo_dev_locality(t, name)));
+    else
+        printf("    %s: NUMA node %d\n", name, node);
+}
+
+#ifdef CRUX_HAVE_VERBS
+/* Per-lane rate of ibv_port_attr.active_speed, in Gb/s (IBTA names). */
+static double lane_gbps(uint8_t speed, const char **name)
+{
+    static const struct { uint8_t code; double gbps; const char *name; } rates[] = {
+        {1, 2.5, "SDR"}, {2, 5.0, "DDR"}, {4, 10.0, "QDR"}, {8, 10.3125, "FDR10"},
+        {16, 14.0625, "FDR"}, {32, 25.78125, "EDR"}, {64, 50.0, "HDR"}, {128, 100.0, "NDR"}};
+    for (size_t i = 0; i < sizeof(rates) / sizeof(rates[0]); i++)
+        if (rates[i].code == speed) {
+            *name = rates[i].name;
+            return rates[i].gbps;
+        }
+    *name = "unknown speed";
+    return 0;
+}
+
+static int width_lanes(uint8_t width)
+{
+    switch (width) {
+    case 1: return 1;
+    case 2: return 4;
+    case 4: return 8;
+    case 8: return 12;
+    case 16: return 2;
+    }
+    return 0;
+}
+
+static const char *link_layer_name(uint8_t ll)
+{
+    switch (ll) {
+    case IBV_LINK_LAYER_INFINIBAND: return "InfiniBand";
+    case IBV_LINK_LAYER_ETHERNET: return "Ethernet (RoCE)";
+    }
+    return "InfiniBand (link layer unspecified)";
+}
+
+static void print_port(struct ibv_context *ctx, const char *name, int port)
+{
+    struct ibv_port_attr pa;
+    char buf[80];
+    if (ibv_query_port(ctx, (uint8_t)port, &pa) != 0) {
+        printf("      port %d: ibv_query_port failed: %s\n", port,
+               strerror_r(errno, buf, sizeof(buf)));
+        return;
+    }
+    const char *speed_name;
+    double lane = lane_gbps(pa.active_speed, &speed_name);
+    int lanes = width_lanes(pa.active_width);
+    printf("      port %d: %s, %s, active MTU %d", port, ibv_port_state_str(pa.state),
+           link_layer_name(pa.link_layer), pa.active_mtu ? 128 << pa.active_mtu : 0);
+    if (lane > 0 && lanes > 0)
+        printf(", %dX %s = %g Gb/s\n", lanes, speed_name, lane * lanes);
+    else
+        printf(", speed unknown (width code %u, speed code %u)\n", pa.active_width,
+               pa.active_speed);
+}
+
+static void print_verbs_dev(const struct crux_topo *t, struct ibv_device *dev)
+{
+    const char *name = ibv_get_device_name(dev);
+    char buf[80];
+    print_dev_numa(t, name, 1);
+    struct ibv_context *ctx = ibv_open_device(dev);
+    struct ibv_device_attr da;
+    if (!ctx) {
+        printf("      cannot open: %s\n", strerror_r(errno, buf, sizeof(buf)));
+        return;
+    }
+    if (ibv_query_device(ctx, &da) != 0)
+        printf("      ibv_query_device failed: %s\n", strerror_r(errno, buf, sizeof(buf)));
+    else
+        for (int p = 1; p <= da.phys_port_cnt; p++)
+            print_port(ctx, name, p);
+    ibv_close_device(ctx);
+}
+#endif
+
+/* This machine's RDMA devices as libibverbs lists them, placed by hwloc. */
+static void print_rdma_devices(const struct crux_topo *t)
+{
+#ifdef CRUX_HAVE_VERBS
+    char buf[80];
+    int n = 0;
+    struct ibv_device **devs = ibv_get_device_list(&n);
+    if (!devs && errno == ENOSYS) {
+        printf("  RDMA devices: no RDMA devices (this kernel has no RDMA subsystem: "
+               "/sys/class/infiniband is absent)\n");
+        return;
+    }
+    if (!devs) {
+        printf("  RDMA devices: no RDMA devices (ibv_get_device_list: %s)\n",
+               strerror_r(errno, buf, sizeof(buf)));
+        return;
+    }
+    if (n == 0)
+        printf("  RDMA devices: no RDMA devices (libibverbs lists none; load a driver, e.g. "
+               "mlx5_ib, or add Soft-RoCE: rdma link add rxe0 type rxe netdev eth0)\n");
+    else
+        printf("  RDMA devices: %d\n", n);
+    for (int i = 0; i < n; i++)
+        print_verbs_dev(t, devs[i]);
+    ibv_free_device_list(devs);
+#else
+    int n = 0;
+    while (crux_topo_dev_name(t, n))
+        n++;
+    printf("  RDMA devices: %s (verbs support was not built: ports, MTU and speed need "
+           "libibverbs-dev at configure time)\n", n ? "as hwloc sees them" : "no RDMA devices");
+    for (int i = 0; i < n; i++)
+        print_dev_numa(t, crux_topo_dev_name(t, i), 1);
+#endif
+}
+
+/* RDMA devices named in a saved topology: placement only, nothing to query. */
+static void print_xml_devices(const struct crux_topo *t)
+{
+    int n = 0;
+    while (crux_topo_dev_name(t, n))
+        n++;
+    printf("  RDMA devices: %s\n", n ? "from the XML (ports are not recorded there)"
+                                     : "no RDMA devices in the XML");
+    for (int i = 0; i < n; i++)
+        print_dev_numa(t, crux_topo_dev_name(t, i), 0);
+}
+
+static int print_topology(const char *xml)
+{
+    struct crux_topo *t;
+    char cpus[256];
+    if (crux_topo_open(xml, &t) != CRUX_SUCCESS) {
+        printf("topology: unavailable: hwloc could not load %s (see the error above)\n",
+               xml ? xml : "this machine");
+        return 1;
+    }
+    printf("topology (hwloc, %s%s):\n", xml ? "from " : "this machine", xml ? xml : "");
+    int nnodes = crux_topo_numa_nodes(t), bnode = crux_topo_binding_numa(t);
+    crux_topo_binding_cpus(t, cpus, sizeof(cpus));
+    if (xml)
+        printf("  binding: none (a saved topology)\n");
+    else if (bnode >= 0)
+        printf("  binding: CPUs %s%s, NUMA node %d\n", cpus,
+               crux_topo_is_bound(t) ? "" : " (all: unbound)", bnode);
+    else
+        printf("  binding: CPUs %s%s, spanning NUMA nodes\n", cpus,
+               crux_topo_is_bound(t) ? "" : " (all: unbound)");
+    printf("  NUMA nodes: %d\n", nnodes);
+    for (int i = 0; i < nnodes; i++) {
+        int node = crux_topo_numa_os_index(t, i);
+        crux_topo_numa_cpus(t, node, cpus, sizeof(cpus));
+        printf("    node %d: CPUs %s\n", node, cpus[0] ? cpus : "none (memory only)");
+    }
+    if (xml)
+        print_xml_devices(t);
+    else
+        print_rdma_devices(t);
+    crux_topo_close(t);
+    return 0;
+}
+
 static int print_overview(void)
 {
     struct crux_config cfg;
@@ -122,8 +319,19 @@ static int print_overview(void)
     printf("transports (CRUX_TRANSPORT=%s):\n", tp_names[cfg.transport & 3]);
     printf("  shm:   available (ranks on the same host; always built on Linux)\n");
     print_tcp(&cfg);
-    printf("  verbs: not built: the verbs transport is not part of this build yet\n");
-    return 0;
+#ifdef CRUX_HAVE_VERBS
+    char why[256];
+    if (crux_verbs_usable(&cfg, why, sizeof(why)) == CRUX_SUCCESS)
+        printf("  verbs: available: %s (%s%s)\n", why,
+               cfg.ib_hca[0] ? "CRUX_IB_HCA=" : "CRUX_IB_HCA not set: the first active port",
+               cfg.ib_hca);
+    else
+        printf("  verbs: unavailable: %s\n", why);
+#else
+    printf("  verbs: not built (CRUX_WITH_VERBS=OFF, or libibverbs/librdmacm missing at configure "
+           "time)\n");
+#endif
+    return print_topology(NULL);
 }
 
 static int print_config(void)
@@ -140,12 +348,15 @@ static int print_config(void)
 
 int main(int argc, char **argv)
 {
-    if (argc > 2) {
+    int topo = argc >= 2 && (strcmp(argv[1], "-t") == 0 || strcmp(argv[1], "--topology") == 0);
+    if (argc > (topo ? 3 : 2)) {
         usage(stderr);
         return 2;
     }
     if (argc == 1)
         return print_overview();
+    if (topo)
+        return print_topology(argc == 3 ? argv[2] : NULL);
     if (strcmp(argv[1], "-c") == 0)
         return print_config();
     if (strcmp(argv[1], "-v") == 0) {

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "numa.h"
 #include "reduce.h"
 
 static inline struct crux_verbs *vb_of(struct crux_tp *base) { return (struct crux_verbs *)base; }
@@ -37,16 +38,19 @@ static void fail_queue(struct crux_xfer **head, struct crux_xfer **tail, int rc)
     *head = *tail = NULL;
 }
 
-/* The QP goes to error (flushing what is posted), every transfer with this peer
- * completes with rc, and later ones fail at once. */
-static void peer_fail(struct crux_verbs *vb, struct vb_peer *q, int rc)
+static void qp_to_error(struct vb_peer *q)
 {
-    if (q->failed)
-        return;
-    q->failed = rc;
     struct ibv_qp_attr a = {.qp_state = IBV_QPS_ERR};
-    if (q->qp)
+    if (q->qp && !q->qp_err)
         ibv_modify_qp(q->qp, &a, IBV_QP_STATE);
+    q->qp_err = 1;
+    q->hangup_at = 0;
+}
+
+/* Every transfer with this peer completes with rc, and later ones fail at once. */
+static void peer_fail_transfers(struct crux_verbs *vb, struct vb_peer *q, int rc)
+{
+    q->failed = rc;
     fail_queue(&q->sq_head, &q->sq_tail, rc);
     fail_queue(&q->rq_head, &q->rq_tail, rc);
     mrc_release(&vb->mrc, q->tx_mr);
@@ -57,21 +61,33 @@ static void peer_fail(struct crux_verbs *vb, struct vb_peer *q, int rc)
         vb->failed_rc = rc;
 }
 
-static const char *opcode_name(enum ibv_wc_opcode op)
+/* The peer is gone or broken: its QP goes to error (flushing what is posted). */
+static void peer_fail(struct crux_verbs *vb, struct vb_peer *q, int rc)
 {
-    switch (op) {
-    case IBV_WC_SEND: return "SEND";
-    case IBV_WC_RDMA_WRITE: return "RDMA_WRITE";
-    case IBV_WC_RECV: return "RECV";
-    case IBV_WC_RECV_RDMA_WITH_IMM: return "RECV_RDMA_WITH_IMM";
-    default: return "other";
-    }
+    if (q->failed)
+        return;
+    qp_to_error(q);
+    peer_fail_transfers(vb, q, rc);
 }
 
-static const char *kind_name(unsigned k)
+/* The ranks called different collectives: nothing more with this peer can match.
+ * Hang up, but only after a second, so what is posted (a REFUSE, our own RTS)
+ * still reaches it; then its pending transfers fail too instead of waiting. */
+static void peer_hangup(struct crux_verbs *vb, struct vb_peer *q, int rc)
 {
-    static const char *n[] = {"?", "receive", "send", "rendezvous write", "credit write"};
-    return k < 5 ? n[k] : "?";
+    if (q->failed)
+        return;
+    peer_fail_transfers(vb, q, rc);
+    q->hangup_at = crux_now() + 1.0;
+}
+
+/* A failed completion's opcode field is undefined: name what we posted instead. */
+static const char *wr_what(unsigned kind)
+{
+    static const char *n[] = {"?", "RECV (bounce slot)", "SEND (eager/control message)",
+                              "RDMA_WRITE_WITH_IMM (rendezvous data)",
+                              "RDMA_WRITE (credit return / liveness probe)"};
+    return kind < 5 ? n[kind] : "?";
 }
 
 static void wc_failed(struct crux_verbs *vb, struct vb_peer *q, const struct ibv_wc *wc)
@@ -80,12 +96,11 @@ static void wc_failed(struct crux_verbs *vb, struct vb_peer *q, const struct ibv
         return; /* flushes after the first error */
     char g[48];
     vb_gid_format(q->rgid, g, sizeof(g));
-    /* The opcode of a failed completion is undefined: name the work request's kind too. */
-    crux_error(CRUX_SUBSYS_NET, "verbs: %s with rank %d (host %s, GID %s) failed: %s (status %d, "
-               "vendor error 0x%x, opcode %s, qp %u) on %s port %d",
-               kind_name((unsigned)(wc->wr_id >> 16) & 0xffff), q->rank, q->host, g,
-               ibv_wc_status_str(wc->status), (int)wc->status, wc->vendor_err,
-               opcode_name(wc->opcode), wc->qp_num, vb->dev_name, vb->port);
+    crux_error(CRUX_SUBSYS_NET, "verbs: work completion with rank %d (host %s, GID %s) failed: "
+               "%s (status %d, vendor error 0x%x, opcode %s, qp %u) on %s port %d", q->rank,
+               q->host, g, ibv_wc_status_str(wc->status), (int)wc->status, wc->vendor_err,
+               wr_what((unsigned)(wc->wr_id >> 16) & 0xffff), wc->qp_num, vb->dev_name,
+               vb->port);
     peer_fail(vb, q, CRUX_ERR_PEER);
 }
 
@@ -235,7 +250,9 @@ static int tx_rts(struct crux_verbs *vb, struct vb_peer *q, struct crux_xfer *x)
     if (!q->tx_mr) {
         int rc = mrc_acquire(&vb->mrc, x->buf, x->len, &q->tx_mr);
         if (rc != CRUX_SUCCESS) {
+            /* The peer would wait for this message forever: hang up on it. */
             tx_pop(vb, q, rc);
+            peer_hangup(vb, q, rc);
             return 1;
         }
     }
@@ -334,6 +351,14 @@ static void on_refuse(struct crux_verbs *vb, struct vb_peer *q, const struct vb_
         peer_fail(vb, q, CRUX_ERR_INTERNAL);
         return;
     }
+    if (w->off == VB_REFUSE_NOREG) {
+        crux_error(CRUX_SUBSYS_NET, "verbs: rank %d (%s) could not register its %" PRIu64
+                   "-byte receive buffer for our message (see its log)", q->rank, q->host,
+                   x->hdr.len);
+        tx_pop(vb, q, CRUX_ERR_PEER);
+        peer_hangup(vb, q, CRUX_ERR_PEER);
+        return;
+    }
     char want[128], got[128];
     crux_coll_sig_describe(w->hdr.sig, want, sizeof(want));
     crux_coll_sig_describe(x->hdr.sig, got, sizeof(got));
@@ -342,6 +367,7 @@ static void on_refuse(struct crux_verbs *vb, struct vb_peer *q, const struct vb_
                ")", q->rank, q->host, want, w->hdr.tag, w->hdr.seq, w->hdr.len, got, x->hdr.tag,
                x->hdr.seq, x->hdr.len);
     tx_pop(vb, q, CRUX_ERR_MISMATCH);
+    peer_hangup(vb, q, CRUX_ERR_MISMATCH);
 }
 
 /* ---------- receive side ---------- */
@@ -427,8 +453,11 @@ static void rx_send_refuse(struct crux_verbs *vb, struct vb_peer *q)
     w->type = VB_REFUSE;
     w->id = q->refuse_id;
     w->hdr = q->refuse_hdr;
-    if (send_slot(vb, q, s, 0) == 0)
+    w->off = (uint64_t)q->refuse_why;
+    if (send_slot(vb, q, s, 0) == 0) {
         q->refuse_due = 0;
+        q->refuse_why = VB_REFUSE_MISMATCH;
+    }
 }
 
 static void rx_start_rdv(struct crux_verbs *vb, struct vb_peer *q, struct crux_xfer *x,
@@ -437,9 +466,14 @@ static void rx_start_rdv(struct crux_verbs *vb, struct vb_peer *q, struct crux_x
     if (!x->reduce_src) {
         int rc = mrc_acquire(&vb->mrc, x->buf, x->len, &q->rx_mr);
         if (rc != CRUX_SUCCESS) {
-            /* The sender waits for a grant that never comes: its collective fails
-             * on the timeout, ours fails now with the reason. */
+            /* Tell the sender (it would wait for a grant), then give up on the peer. */
+            q->refuse_due = 1;
+            q->refuse_id = id;
+            q->refuse_hdr = x->hdr;
+            q->refuse_why = VB_REFUSE_NOREG;
+            rx_send_refuse(vb, q);
             rx_pop(q, rc);
+            peer_hangup(vb, q, rc);
             return;
         }
     }
@@ -470,7 +504,8 @@ static void rx_match(struct crux_verbs *vb, struct vb_peer *q)
             slot_free(q, s);
             rx_pop(q, CRUX_ERR_MISMATCH);
             rx_send_refuse(vb, q);
-            continue;
+            peer_hangup(vb, q, CRUX_ERR_MISMATCH);
+            return;
         }
         if (w->type == VB_EAGER) {
             land(x, 0, (const uint8_t *)w + VB_HEAD_BYTES, x->len);
@@ -573,16 +608,14 @@ static int poll_cq(struct crux_verbs *vb)
             if (idx < 0 || idx >= vb->npeers)
                 continue;
             struct vb_peer *q = &vb->peers[idx];
-            if (wc[i].status != IBV_WC_SUCCESS) {
+            /* By our wr_id, not wc.opcode: undefined in failed completions. */
+            int is_recv = ((wc[i].wr_id >> 16) & 0xffff) == WR_RECV;
+            if (wc[i].status != IBV_WC_SUCCESS)
                 wc_failed(vb, q, &wc[i]);
-                continue;
-            }
-            if (q->failed)
-                continue;
-            if (wc[i].opcode & IBV_WC_RECV)
+            if (!is_recv)
+                on_send_done(vb, q, &wc[i]); /* a failed or hung-up peer's sends still drain */
+            else if (!q->failed)
                 on_recv(vb, q, &wc[i]);
-            else
-                on_send_done(vb, q, &wc[i]);
         }
     }
     if (n < 0) {
@@ -724,6 +757,8 @@ static void probe_peers(struct crux_verbs *vb)
     double now = crux_now();
     for (int i = 0; i < vb->npeers; i++) {
         struct vb_peer *q = &vb->peers[i];
+        if (q->hangup_at > 0 && now >= q->hangup_at)
+            qp_to_error(q);
         if (q->failed || (!q->rq_head && !q->sq_head) || now - q->last_probe < 0.2)
             continue;
         q->last_probe = now;
@@ -762,11 +797,31 @@ static int vb_block(struct crux_tp *base, int timeout_ms)
     return vb_progress(base);
 }
 
+/* Eager sends complete when posted; before the QPs go, let what is posted reach
+ * the peers (an RC completion means acknowledged), or a peer finishing its last
+ * collective would wait for a message that never left. Bounded: a dead peer's
+ * writes fail within the retry budget, a stuck one is given up after 2 s. */
+static void drain_sends(struct crux_verbs *vb)
+{
+    double end = crux_now() + 2.0;
+    for (;;) {
+        int busy = 0;
+        /* Credit writes do not count: a peer that left first never acks them. */
+        for (int i = 0; i < vb->npeers; i++)
+            busy |= !vb->peers[i].qp_err &&
+                    vb->peers[i].sq_inflight - vb->peers[i].credit_inflight > 0;
+        if (!busy || crux_now() > end || poll_cq(vb) < 0)
+            return;
+    }
+}
+
 void vb_close(struct crux_tp *base)
 {
     struct crux_verbs *vb = vb_of(base);
     if (!vb)
         return;
+    if (vb->cq)
+        drain_sends(vb);
     crux_debug(CRUX_SUBSYS_NET,
                "verbs: closing %d peers: sent %" PRIu64 " eager messages (%" PRIu64 " bytes) and %"
                PRIu64 " rendezvous (%" PRIu64 " bytes zero-copy); received %" PRIu64 " eager (%"
@@ -783,7 +838,8 @@ void vb_close(struct crux_tp *base)
         mrc_destroy(&vb->mrc);
     if (vb->mr)
         ibv_dereg_mr(vb->mr);
-    free(vb->region);
+    if (vb->region)
+        crux_numa_free(vb->region, vb->region_bytes);
     if (vb->cq)
         ibv_destroy_cq(vb->cq);
     if (vb->chan)

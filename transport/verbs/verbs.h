@@ -10,7 +10,8 @@
  *          once (zero copy); a receive-with-reduce grants two VB windows of a
  *          registered scratch region in turn and reduces each fragment out of it
  *          as it lands (one reduce pass, counted as staged bytes).
- *   REFUSE the receiver's answer to an RTS whose header it does not expect.
+ *   REFUSE the receiver's answer to an RTS whose header it does not expect (or whose
+ *          buffer it cannot register); both sides then hang up on each other.
  * Every SEND and WRITE_WITH_IMM consumes one receive WQE of the peer: the sender
  * spends a credit on each, and the receiver RDMA-writes its cumulative count of
  * re-posted WQEs into the sender's credit word (no WQE consumed), so a fast
@@ -39,6 +40,7 @@
 #define VB_NGRANTS 4
 
 enum vb_type { VB_EAGER = 1, VB_RTS, VB_CTS, VB_REFUSE };
+enum vb_refuse_why { VB_REFUSE_MISMATCH = 0, VB_REFUSE_NOREG = 1 }; /* in vb_wire.off */
 
 /* What heads every slot. */
 struct vb_wire {
@@ -64,6 +66,8 @@ struct vb_peer {
     struct ibv_qp *qp;
     uint8_t rgid[16];           /* the peer's GID, for error messages */
     int failed;                 /* 0 or the CRUX_ERR_* its transfers completed with */
+    int qp_err;                 /* QP moved to the error state */
+    double hangup_at;           /* after a mismatch: when to move the QP to error */
     uint8_t *slots;             /* [VB_NSLOTS] receive bounce slots */
     uint8_t *sslots;            /* [VB_NSEND] send slots */
     uint8_t *scratch;           /* 2 * tp->window: receive-with-reduce landing zone */
@@ -103,6 +107,7 @@ struct vb_peer {
     struct mrc_entry *rx_mr;
     int refuse_due;             /* REFUSE to send for rx_refuse_id */
     uint32_t refuse_id;
+    int refuse_why;             /* enum vb_refuse_why */
     struct crux_msg_hdr refuse_hdr;
 };
 

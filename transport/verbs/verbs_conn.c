@@ -4,6 +4,7 @@
  * move the QPs to RTS, and agree on the verdict (a rank that failed locally still
  * takes part, so every rank returns the same answer). */
 #include "verbs.h"
+#include "numa.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -31,8 +32,16 @@ struct vb_rec_peer {
 static int mrc_reg_cb(void *arg, void *addr, size_t len, void **mr)
 {
     struct crux_verbs *vb = arg;
-    *mr = vb_reg(vb->pd, addr, len,
-                 IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE, "user buffer");
+    *mr = ibv_reg_mr(vb->pd, addr, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+    /* A send buffer in read-only memory (a const table) cannot be pinned writable;
+     * the HCA only reads it, so register it read-only. */
+    if (!*mr && (errno == EFAULT || errno == EACCES || errno == EPERM))
+        *mr = ibv_reg_mr(vb->pd, addr, len, 0);
+    if (!*mr && errno == ENOMEM && mrc_has_idle(&vb->mrc))
+        return CRUX_ERR_NOMEM; /* the cache evicts its idle entries and retries */
+    if (!*mr)
+        *mr = vb_reg(vb->pd, addr, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE,
+                     "user buffer");
     return *mr ? CRUX_SUCCESS : errno == ENOMEM ? CRUX_ERR_NOMEM : CRUX_ERR_TRANSPORT;
 }
 
@@ -50,13 +59,13 @@ static int region_open(struct crux_verbs *vb)
     pp = (pp + 4095) & ~(size_t)4095;
     vb->per_peer_bytes = pp;
     vb->region_bytes = pp * (size_t)vb->npeers;
-    void *p = NULL;
-    if (posix_memalign(&p, 4096, vb->region_bytes) != 0) {
+    /* On the HCA's NUMA node, zeroed (first-touched) once here. */
+    void *p = crux_numa_buf_alloc(vb->dev_name, vb->region_bytes);
+    if (!p) {
         crux_error(CRUX_SUBSYS_NET, "verbs: cannot allocate %zu bytes of bounce slots",
                    vb->region_bytes);
         return CRUX_ERR_NOMEM;
     }
-    memset(p, 0, vb->region_bytes); /* first touch once, here */
     vb->region = p;
     vb->mr = vb_reg(vb->pd, p, vb->region_bytes,
                     IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE, "bounce slots");
@@ -143,6 +152,9 @@ static void keep_freed_memory_mapped(struct crux_verbs *vb)
 static int local_open(struct crux_verbs *vb, const struct crux_config *cfg)
 {
     CRUX_TRY(vb_dev_open(vb, cfg));
+    struct crux_topo *topo = crux_topo_self();
+    if (topo)
+        crux_topo_warn_far_binding(topo, vb->dev_name);
     vb->pd = ibv_alloc_pd(vb->ctx);
     if (!vb->pd) {
         crux_error(CRUX_SUBSYS_NET, "verbs: ibv_alloc_pd(%s): %s", vb->dev_name, strerror(errno));

@@ -7,8 +7,31 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "numa.h"
+
+#define VB_MAX_PORTS 32
+
+/* CRUX_IB_HCA=auto: among active ports, the device nearest the rank's binding. */
+static int pick_nearest(const struct vb_port_desc *ports, int n)
+{
+    const char *names[VB_MAX_PORTS];
+    int idx[VB_MAX_PORTS], k = 0;
+    for (int i = 0; i < n && k < VB_MAX_PORTS; i++)
+        if (ports[i].active) {
+            names[k] = ports[i].name;
+            idx[k++] = i;
+        }
+    struct crux_topo *t = crux_topo_self();
+    if (k == 0)
+        return -1;
+    int best = t ? crux_topo_pick_hca(t, names, k) : 0;
+    return idx[best < 0 ? 0 : best];
+}
+
 int vb_hca_pick(const char *list, const struct vb_port_desc *ports, int n)
 {
+    if (list && strcmp(list, "auto") == 0)
+        return pick_nearest(ports, n);
     for (int i = 0; i < n; i++)
         if (ports[i].active && crux_iflist_match(list, ports[i].name, ports[i].port))
             return i;
@@ -65,8 +88,6 @@ static int list_ports(struct ibv_device **devs, int ndev, struct vb_port_desc *p
     }
     return n;
 }
-
-#define VB_MAX_PORTS 32
 
 static int find_port(const struct crux_config *cfg, struct ibv_device ***devs_out, int *dev_idx,
                      int *port, char *why, size_t whylen)

@@ -66,6 +66,14 @@ static void evict_over_limit(struct mr_cache *c)
     }
 }
 
+int mrc_has_idle(const struct mr_cache *c)
+{
+    for (const struct mrc_entry *e = c->head; e; e = e->next)
+        if (e->refs == 0)
+            return 1;
+    return 0;
+}
+
 int mrc_acquire(struct mr_cache *c, const void *buf, size_t len, struct mrc_entry **out)
 {
     uintptr_t start = (uintptr_t)buf & ~(uintptr_t)(c->page - 1);
@@ -92,6 +100,14 @@ int mrc_acquire(struct mr_cache *c, const void *buf, size_t len, struct mrc_entr
     evict_over_limit(c);
     c->bytes -= end - start;
     int rc = c->reg(c->arg, (void *)start, end - start, &e->mr);
+    if (rc == CRUX_ERR_NOMEM && mrc_has_idle(c)) {
+        /* Out of pinnable memory (ulimit -l): drop every idle registration, retry once. */
+        size_t limit = c->limit;
+        c->limit = 0;
+        evict_over_limit(c);
+        c->limit = limit;
+        rc = c->reg(c->arg, (void *)start, end - start, &e->mr);
+    }
     if (rc != CRUX_SUCCESS) {
         free(e);
         return rc;

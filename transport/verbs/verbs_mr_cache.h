@@ -40,6 +40,9 @@ void mrc_init(struct mr_cache *c, size_t limit, size_t page, mrc_reg_fn reg, mrc
  * the entry is referenced until mrc_release. */
 int mrc_acquire(struct mr_cache *c, const void *buf, size_t len, struct mrc_entry **out);
 void mrc_release(struct mr_cache *c, struct mrc_entry *e);
+/* Any registration not in use (evictable)? reg may fail quietly with CRUX_ERR_NOMEM
+ * then: acquire evicts them all and retries once. */
+int mrc_has_idle(const struct mr_cache *c);
 /* Deregister everything (entries still referenced too: the transport is closing). */
 void mrc_destroy(struct mr_cache *c);
 

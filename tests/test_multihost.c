@@ -21,8 +21,8 @@
 
 #define NETNS_HOSTS CRUX_SOURCE_DIR "/cluster-scripts/netns-hosts"
 
-/* The algorithms every layout runs; extend with "hier", "tree" when they exist. */
-static const char *const algos[] = { "ring", "recdbl", "auto" };
+/* The algorithms every layout runs (CRUX_ALGO values). */
+static const char *const algos[] = { "ring", "recdbl", "hier", "tree", "auto" };
 #define NALGOS (sizeof(algos) / sizeof(algos[0]))
 
 /* Ranks per host, as netns-hosts run --layout takes them. */

@@ -107,7 +107,7 @@ void proc_result_dump(const struct proc_result *res)
             res->out ? res->out : "", res->err ? res->err : "");
 }
 
-int shm_leftovers(void)
+static int shm_count(void)
 {
     DIR *d = opendir("/dev/shm");
     int n = 0;
@@ -117,5 +117,18 @@ int shm_leftovers(void)
         if (!strncmp(e->d_name, "crux-", 5))
             n++;
     closedir(d);
+    return n;
+}
+
+/* Segments live only between create and the peers' mapping (then they are unlinked),
+ * so one seen now may belong to a job still starting, here or elsewhere on the
+ * machine: only one that stays for 5 s is a leak. */
+int shm_leftovers(void)
+{
+    int n = shm_count();
+    for (int i = 0; n && i < 50; i++) {
+        usleep(100000);
+        n = shm_count();
+    }
     return n;
 }

@@ -19,7 +19,7 @@ int run_proc(char *const argv[], char *const env[], double timeout_s, struct pro
 void proc_result_free(struct proc_result *res);
 /* Print captured output of a failed run through cr_log so failures are debuggable. */
 void proc_result_dump(const struct proc_result *res);
-/* Number of /dev/shm entries whose name starts with "crux-". */
+/* Number of /dev/shm entries named "crux-*" that are still there after 5 s (0 = no leak). */
 int shm_leftovers(void);
 
 #endif

@@ -34,14 +34,7 @@ static void run_ranks(int n, const char *transport, const char *chunk_bytes, cha
     cr_assert_eq(status, 0, "%d ranks, %s, %s %s: exit status %d", n, transport, args[0],
                  args[1] ? args[1] : "", status);
     cr_assert_eq(oks, n, "%d ranks reported OK, want %d", oks, n);
-    /* Our ranks have exited, so a segment of ours would stay; other jobs' segments on a
-     * shared machine come and go: give them 3 s to go. */
-    int left = shm_leftovers();
-    for (int i = 0; left && i < 30; i++) {
-        usleep(100000);
-        left = shm_leftovers();
-    }
-    cr_assert_eq(left, 0, "crux segments left in /dev/shm");
+    cr_assert_eq(shm_leftovers(), 0, "crux segments left in /dev/shm");
 }
 
 /* n = 5000: one chunk (4M default), or 5 chunks of 1024 (the last 904). */

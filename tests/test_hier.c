@@ -15,18 +15,6 @@
 
 #include "harness.h"
 
-/* /dev/shm is shared with every other crux job on this machine, whose segments
- * exist for a moment during their init: a leak of ours stays, theirs go. */
-static int shm_leftovers_settled(void)
-{
-    int n = shm_leftovers();
-    for (int i = 0; n && i < 50; i++) {
-        usleep(100000);
-        n = shm_leftovers();
-    }
-    return n;
-}
-
 static void run_layout(const char *hosts, const char *algo)
 {
     int n = 1;
@@ -47,7 +35,7 @@ static void run_layout(const char *hosts, const char *algo)
     for (const char *p = res.out; (p = strstr(p, ": OK")); p++)
         oks++;
     cr_assert_eq(oks, n, "%d ranks reported OK, want %d", oks, n);
-    cr_assert_eq(shm_leftovers_settled(), 0, "crux segments left in /dev/shm");
+    cr_assert_eq(shm_leftovers(), 0, "crux segments left in /dev/shm");
     proc_result_free(&res);
 }
 

@@ -5,6 +5,7 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config libcriterion-dev libhwloc-dev libisal-dev
       libibverbs-dev librdmacm-dev iproute2 procps
       zlib1g-dev dataset-fashion-mnist                  # examples/train
+      gnuplot-nox                                       # bench/train_sweep plots
       util-linux slurmctld slurmd slurm-client munge)   # multi-host and Slurm tests
 missing=()
 for p in "${pkgs[@]}"; do

@@ -94,7 +94,7 @@ for p in $ranks; do
     plots=()
     for name in $order; do
         csv=$out/curve-$name-n$p.csv
-        [ -f "$csv" ] && plots+=("'$csv' skip 1 using 1:(100*\$3) with linespoints title '$name'")
+        [ -s "$csv" ] && [ "$(wc -l < "$csv")" -gt 1 ] && plots+=("'$csv' skip 1 using 1:(100*\$3) with linespoints title '$name'")
     done
     [ ${#plots[@]} -gt 0 ] || continue
     joined=$(printf '%s, ' "${plots[@]}")

@@ -5,6 +5,7 @@
 #
 #   bench/train_sweep/tta.sh [--build DIR] [--hosts "2 4"] [--bw 1gbit] [--epochs N]
 #                            [--limit N] [--seed S] [--out DIR] [--only REGEX] [--force]
+#   bench/train_sweep/tta.sh --report [--out DIR]       # tables and plots only
 #
 # Per (config, N): OUT/tta-CONFIG-hN.csv (crux-train --csv: wall_s is the summed
 # training time, evaluation excluded) and .log. The report (OUT/tta.md,
@@ -24,6 +25,7 @@ seed=1
 out=$here/results
 only=.
 force=0
+report_only=0
 prefix=tta$((RANDOM % 10000))
 nh=$root/cluster-scripts/netns-hosts
 
@@ -40,14 +42,16 @@ while [ $# -gt 0 ]; do
         --out) out=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
         --force) force=1; shift ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --report) report_only=1; shift ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
 [[ "$epochs" =~ ^[1-9][0-9]*$ ]] || die "--epochs $epochs: want a positive integer"
-[ "$(id -u)" = 0 ] || die "needs root (network namespaces)"
+[ "$report_only" = 1 ] && hosts=""
+[ -z "$hosts" ] || [ "$(id -u)" = 0 ] || die "needs root (network namespaces)"
 train=$build/examples/train/crux-train
-[ -x "$train" ] || die "crux-train not found in $build/examples/train (build first, or --build DIR)"
+[ -z "$hosts" ] || [ -x "$train" ] || die "crux-train not found in $build/examples/train (build first, or --build DIR)"
 
 warmup=$(( epochs / 4 > 4 ? 4 : epochs / 4 ))
 [ "$warmup" -ge 1 ] || warmup=1
@@ -77,7 +81,7 @@ trap 'teardown; exit 130' INT TERM
 mkdir -p "$out"
 limit_args=()
 [ "$limit" = 0 ] || limit_args=(--limit "$limit")
-echo "# tta: MLP, $epochs epochs, seed $seed, --bw $bw, hosts: $hosts; started $(date -u '+%F %T') UTC, load $(cut -d' ' -f1-3 /proc/loadavg)" > "$out/tta.info"
+[ -z "$hosts" ] || echo "# tta: MLP, $epochs epochs, seed $seed, --bw $bw, hosts: $hosts; started $(date -u '+%F %T') UTC, load $(cut -d' ' -f1-3 /proc/loadavg)" > "$out/tta.info"
 
 for n in $hosts; do
     layout=$(printf '1%.0s,' $(seq "$n")); layout=${layout%,}
@@ -106,11 +110,13 @@ for n in $hosts; do
     teardown
 done
 
-# ---- report: time to (dense final - 1 point), and accuracy vs wall time ----
+# ---- report: time to (dense final - 1 point), and accuracy vs wall time, for
+# every host count with curves in OUT (earlier runs' too) ----
 order="dense cltk-d0.001 gtopk-d0.001 dgc-d0.001 sketch-4x qsgd-4bit"
+hosts=$(find "$out" -maxdepth 1 -name 'tta-*-h*.csv' | sed 's/.*-h\([0-9]*\)\.csv$/\1/' | sort -nu)
 {
-    echo "| hosts | codec | params | epochs | ratio (all) | final test acc | target acc | time to target (s) | training wall (s) | curve |"
-    echo "|---|---|---|---|---|---|---|---|---|---|"
+    echo "| hosts | codec | params | epochs | ratio (last epoch) | ratio (all) | final test acc | target acc | time to target (s) | training wall (s) | curve |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
     for n in $hosts; do
         dcsv=$out/tta-dense-h$n.csv
         goal=""
@@ -120,11 +126,11 @@ order="dense cltk-d0.001 gtopk-d0.001 dgc-d0.001 sketch-4x qsgd-4bit"
             [ -f "$csv" ] || continue
             params=$(sed 's/--codec [a-z]* *//; s/--//g' "$out/tta-$name-h$n.flags" 2>/dev/null)
             awk -F, -v n="$n" -v name="$name" -v params="${params:--}" -v goal="$goal" -v f="$(basename "$csv")" '
-                NR > 1 { rows++; acc = $3; wall = $5; d += $6; w += $7
+                NR > 1 { rows++; acc = $3; wall = $5; d += $6; w += $7; dl = $6; wl = $7
                          if (goal != "" && t == "" && $3 + 0 >= goal + 0) t = sprintf("%.1f (epoch %d)", $5, $1) }
                 END { if (goal != "" && t == "") t = "not reached"
-                      printf "| %s | %s | %s | %d | %.1fx | %.4f | %s | %s | %.1f | %s |\n", n, name, params, rows,
-                             w ? d / w : 0, acc, goal == "" ? "-" : goal, goal == "" ? "-" : t, wall, f }' "$csv"
+                      printf "| %s | %s | %s | %d | %.1fx | %.1fx | %.4f | %s | %s | %.1f | %s |\n", n, name, params,
+                             rows, wl ? dl / wl : 0, w ? d / w : 0, acc, goal == "" ? "-" : goal, goal == "" ? "-" : t, wall, f }' "$csv"
         done
     done
 } > "$out/tta.md"
@@ -135,7 +141,7 @@ for n in $hosts; do
     plots=()
     for name in $order; do
         csv=$out/tta-$name-h$n.csv
-        [ -f "$csv" ] && plots+=("'$csv' skip 1 using 5:(100*\$3) with linespoints title '$name'")
+        [ -s "$csv" ] && [ "$(wc -l < "$csv")" -gt 1 ] && plots+=("'$csv' skip 1 using 5:(100*\$3) with linespoints title '$name'")
     done
     [ ${#plots[@]} -gt 0 ] || continue
     joined=$(printf '%s, ' "${plots[@]}")

@@ -98,7 +98,7 @@ static int parse_long(const char *flag, const char *s, long long lo, long long *
 
 /* The warm-up changes a top-k density; clipping is DGC's alone (the library
  * refuses it for other codecs, say so before starting). */
-static int check_dgc_flags(struct opts *o)
+static int check_dgc_flags(const struct opts *o)
 {
     const char *c = o->ex.codec;
     if (o->ex.warmup_epochs > 0 && strcmp(c, "cltk") && strcmp(c, "gtopk") && strcmp(c, "topk")) {
@@ -111,8 +111,6 @@ static int check_dgc_flags(struct opts *o)
                 o->ex.clip);
         return -1;
     }
-    o->ex.seed = o->seed;
-    o->ex.momentum = o->momentum;
     return 0;
 }
 
@@ -202,7 +200,11 @@ static int parse_args(int argc, char **argv, struct opts *o)
                       "(CRUX_HAVE_COMPRESS), only --codec none is available");
         return -1;
     }
-    return check_dgc_flags(o);
+    if (check_dgc_flags(o) != 0)
+        return -1;
+    o->ex.seed = o->seed;
+    o->ex.momentum = o->momentum;
+    return 0;
 }
 
 static double learning_rate(const struct opts *o, int epoch, size_t step, size_t steps)

@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
 done
 
 # "name P" of every curve present, configs in sweep order, P ascending
-order="dense cltk-d0.01 cltk-d0.001 gtopk-d0.01 gtopk-d0.001 dgc-d0.001 sketch-4x sketch-8x qsgd-4bit qsgd-8bit"
+order="dense cltk-d0.01 cltk-d0.001 gtopk-d0.01 gtopk-d0.001 dgc-d0.001 dgc-d0.0006 sketch-4x sketch-8x qsgd-4bit qsgd-8bit"
 ranks=$(find "$out" -maxdepth 1 -name 'curve-*-n*.csv' | sed 's/.*-n\([0-9]*\)\.csv$/\1/' | sort -nu)
 
 # target NAME -> "min_ratio min_delta text" ("" = no target for this config)

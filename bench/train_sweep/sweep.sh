@@ -60,6 +60,7 @@ cltk-d0.001|--codec cltk --density 0.001
 gtopk-d0.01|--codec gtopk --density 0.01
 gtopk-d0.001|--codec gtopk --density 0.001
 dgc-d0.001|--codec topk --density 0.001 --warmup-epochs $warmup
+dgc-d0.0006|--codec topk --density 0.0006 --warmup-epochs $warmup
 sketch-4x|--codec sketch --density 0.01 --sketch-rows 5 --sketch-cols SKETCH4
 sketch-8x|--codec sketch --density 0.01 --sketch-rows 5 --sketch-cols SKETCH8
 qsgd-4bit|--codec qsgd --qsgd-levels 7
@@ -90,7 +91,7 @@ mkdir -p "$out"
 {
     echo "# crux-train sweep: MLP, $epochs epochs, seed $seed, limit ${limit:-0} (0 = 60000),"
     echo "# DGC warm-up $warmup epochs, ranks: $ranks; started $(date -u '+%F %T') UTC, load $(cut -d' ' -f1-3 /proc/loadavg)"
-} > "$out/sweep.info"
+} >> "$out/sweep.info"
 
 limit_args=()
 [ "$limit" = 0 ] || limit_args=(--limit "$limit")

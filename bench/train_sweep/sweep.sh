@@ -57,6 +57,7 @@ configs() {
 dense|--codec none
 cltk-d0.01|--codec cltk --density 0.01
 cltk-d0.001|--codec cltk --density 0.001
+cltk-d0.001-w|--codec cltk --density 0.001 --warmup-epochs $warmup
 gtopk-d0.01|--codec gtopk --density 0.01
 gtopk-d0.001|--codec gtopk --density 0.001
 dgc-d0.001|--codec topk --density 0.001 --warmup-epochs $warmup

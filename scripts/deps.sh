@@ -5,6 +5,7 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config libcriterion-dev libhwloc-dev libisal-dev
       libibverbs-dev librdmacm-dev iproute2 procps
       zlib1g-dev dataset-fashion-mnist                  # examples/train
+      gnuplot-nox                                       # bench/train_sweep plots
       slurmctld slurmd slurm-client munge               # multi-host and Slurm tests
       # Soft-RoCE VM tests (tests/vm/rxe-vm): QEMU guests booting Debian's kernel with rdma_rxe
       qemu-system-x86 linux-image-amd64 busybox-static rdma-core ibverbs-providers ibverbs-utils

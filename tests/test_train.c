@@ -12,6 +12,7 @@
 #include <zlib.h>
 
 #include "data.h"
+#include "exchange.h"
 #include "harness.h"
 #include "idx.h"
 #include "layers.h"
@@ -510,6 +511,85 @@ Test(train_run, cnn_learns_on_two_ranks, .timeout = 300)
     proc_result_free(&two);
 }
 
+/* DGC warm-up (Lin et al. Sec. 3.4): x1/4 per epoch from 0.25, never below the target;
+ * powers of two, so exact. */
+Test(train_exchange, warmup_density_schedule)
+{
+    static const double four[] = { 0.25, 0.0625, 0.015625, 0.00390625, 0.001, 0.001 };
+    for (int e = 0; e < 6; e++)
+        cr_assert_eq(exchange_warmup_density(0.001, 4, e), four[e], "epoch %d: %g", e,
+                     exchange_warmup_density(0.001, 4, e));
+    cr_assert_eq(exchange_warmup_density(0.001, 2, 0), 0.25);
+    cr_assert_eq(exchange_warmup_density(0.001, 2, 1), 0.0625);
+    cr_assert_eq(exchange_warmup_density(0.001, 2, 2), 0.001);
+    cr_assert_eq(exchange_warmup_density(0.1, 3, 0), 0.25);
+    cr_assert_eq(exchange_warmup_density(0.1, 3, 1), 0.1); /* 0.0625 is below the target */
+    cr_assert_eq(exchange_warmup_density(0.5, 3, 0), 0.5);
+    cr_assert_eq(exchange_warmup_density(0.001, 0, 0), 0.001);
+    cr_assert_eq(exchange_warmup_density(0.01, 6, 5), 0.01); /* 0.25^6 < 0.01 */
+}
+
+/* One CSV row: epoch e's dense and wire bytes and accuracy. */
+struct csv_row { double loss, acc; unsigned long long dense, wire; };
+
+static void csv_rows(const char *path, struct csv_row *rows, int n)
+{
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "%s", path);
+    char line[256];
+    cr_assert_not_null(fgets(line, sizeof(line), f));
+    for (int e = 0; e < n; e++) {
+        double es, ws, cpu;
+        int epoch;
+        cr_assert_not_null(fgets(line, sizeof(line), f), "%s: %d rows, want %d", path, e, n);
+        cr_assert_eq(sscanf(line, "%d,%lf,%lf,%lf,%lf,%llu,%llu,%lf", &epoch, &rows[e].loss, &rows[e].acc, &es,
+                            &ws, &rows[e].dense, &rows[e].wire, &cpu), 8, "%s", line);
+        cr_assert_eq(epoch, e + 1);
+    }
+    cr_assert_null(fgets(line, sizeof(line), f), "%s: extra row %s", path, line);
+    fclose(f);
+}
+
+/* DGC on 2 ranks with a 2-epoch warm-up to density 0.001: 15 steps per epoch, one
+ * 535818-float chunk, k = round(density * 535818) = 133955, 33489, 536; each rank
+ * sends its k uint32 indices + k floats once per step to the other (allgather). */
+Test(train_run, dgc_warmup_two_ranks_wire_bytes, .timeout = 300)
+{
+#ifndef CRUX_HAVE_COMPRESS
+    cr_skip_test("crux-train built without the compression API");
+#endif
+    SKIP_WITHOUT_DATASET();
+    char csv[64];
+    snprintf(csv, sizeof(csv), "/tmp/crux-test-dgc-%d.csv", (int)getpid());
+    char *argv[] = { CRUX_RUN_PATH, "-n", "2", "--", CRUX_TRAIN_PATH, "--model", "mlp", "--epochs", "3",
+                     "--limit", "2000", "--seed", "7", "--codec", "topk", "--density", "0.001",
+                     "--warmup-epochs", "2", "--clip", "5", "--csv", csv, NULL };
+    struct proc_result res;
+    struct final_line r0, r1;
+    cr_assert_eq(run_proc(argv, NULL, 300, &res), 0);
+    if (res.status != 0)
+        proc_result_dump(&res);
+    cr_assert_eq(res.status, 0);
+    cr_assert(strstr(res.out, "epoch 1/3  density 0.25 (warm-up)"), "%s", res.out);
+    cr_assert(strstr(res.out, "epoch 2/3  density 0.0625 (warm-up)"), "%s", res.out);
+    cr_assert(strstr(res.out, "epoch 3/3  density 0.001\n"), "%s", res.out);
+    final_of(res.out, 0, &r0);
+    final_of(res.out, 1, &r1);
+    cr_assert_str_eq(r0.hash, r1.hash, "the two ranks' weights differ");
+    struct csv_row rows[3];
+    csv_rows(csv, rows, 3);
+    unlink(csv);
+    static const unsigned long long k[3] = { 133955, 33489, 536 };
+    for (int e = 0; e < 3; e++) {
+        cr_assert_eq(rows[e].dense, 15ull * 535818 * 4, "epoch %d dense %llu", e + 1, rows[e].dense);
+        cr_assert_eq(rows[e].wire, 15ull * k[e] * 8, "epoch %d wire %llu", e + 1, rows[e].wire);
+        cr_assert_lt(rows[e].wire, rows[e].dense);
+    }
+    /* 45 steps on 2000 samples, seed 7: measured 0.7617 (chance is 0.10) */
+    cr_assert_gt(r0.acc, 0.70, "DGC test accuracy %.4f after 45 steps, want > 0.70", r0.acc);
+    proc_result_free(&res);
+}
+
 Test(train_run, flags_errors)
 {
     char *bad_batch[] = { CRUX_TRAIN_PATH, "--batch", "0", NULL };
@@ -524,6 +604,18 @@ Test(train_run, flags_errors)
     cr_assert(strstr(res.err, "/nonexistent/fm/train-images-idx3-ubyte.gz"), "%s", res.err);
     cr_assert(strstr(res.err, "dataset-fashion-mnist"), "%s", res.err);
     proc_result_free(&res);
+#ifdef CRUX_HAVE_COMPRESS
+    char *warm[] = { CRUX_TRAIN_PATH, "--codec", "qsgd", "--warmup-epochs", "2", NULL };
+    cr_assert_eq(run_proc(warm, NULL, 60, &res), 0);
+    cr_assert_eq(res.status, 2);
+    cr_assert(strstr(res.err, "--warmup-epochs 2: codec qsgd has no density"), "%s", res.err);
+    proc_result_free(&res);
+    char *clip[] = { CRUX_TRAIN_PATH, "--codec", "gtopk", "--clip", "1", NULL };
+    cr_assert_eq(run_proc(clip, NULL, 60, &res), 0);
+    cr_assert_eq(res.status, 2);
+    cr_assert(strstr(res.err, "--clip 1: local gradient clipping is DGC's"), "%s", res.err);
+    proc_result_free(&res);
+#endif
 #ifndef CRUX_HAVE_COMPRESS
     char *codec[] = { CRUX_TRAIN_PATH, "--codec", "cltk", "--data", "/nonexistent/fm", NULL };
     cr_assert_eq(run_proc(codec, NULL, 60, &res), 0);

@@ -13,6 +13,8 @@ struct exchange {
 #ifdef CRUX_HAVE_COMPRESS
     crux_compressor_t comp; /* NULL for --codec none */
     int momentum;           /* the codec's memory is CRUX_MEMORY_MOMENTUM */
+    int warmup_epochs;      /* 0: the density stays target_density */
+    double target_density;
     float *sum;             /* compressed result, count floats */
 #endif
 };
@@ -98,10 +100,20 @@ static int compressor_open(struct exchange *x, const struct exchange_opts *o, ch
     x->momentum = cfg.memory == CRUX_MEMORY_MOMENTUM;
     if (x->momentum && o->beta < 0)
         cfg.beta = (float)o->momentum;
+    /* Warm-up lowers the density from its first-epoch value; the compressor's
+     * buffers are sized for the largest one it will see. */
+    x->target_density = cfg.density;
+    x->warmup_epochs = o->warmup_epochs;
+    if (o->warmup_epochs > 0)
+        cfg.density = exchange_warmup_density(cfg.density, o->warmup_epochs, 0);
     int rc = crux_compressor_create(x->comm, x->count, &cfg, &x->comp);
-    if (rc != CRUX_SUCCESS)
+    if (rc != CRUX_SUCCESS) {
         snprintf(err, errlen, "crux_compressor_create(codec %s, %zu floats): %s", o->codec, x->count,
                  crux_error_string(rc));
+        return rc;
+    }
+    if (o->clip > 0 && (rc = crux_compressor_set_clip(x->comp, o->clip)) != CRUX_SUCCESS)
+        snprintf(err, errlen, "crux_compressor_set_clip(%g): %s", o->clip, crux_error_string(rc));
     return rc;
 }
 #endif
@@ -177,6 +189,32 @@ int exchange_run(struct exchange *x, float *grad)
     x->totals.dense_bytes += x->count * sizeof(float);
     x->totals.wire_bytes += x->count * sizeof(float);
     x->totals.comm_s += crux_wtime() - t0;
+    return CRUX_SUCCESS;
+}
+
+double exchange_warmup_density(double target, int warmup_epochs, int epoch)
+{
+    if (epoch >= warmup_epochs)
+        return target;
+    double d = 0.25;
+    for (int e = 0; e < epoch; e++)
+        d *= 0.25;
+    return d > target ? d : target;
+}
+
+int exchange_begin_epoch(struct exchange *x, int epoch, double *density)
+{
+    *density = 1.0;
+#ifdef CRUX_HAVE_COMPRESS
+    if (x->comp && x->warmup_epochs > 0) {
+        *density = exchange_warmup_density(x->target_density, x->warmup_epochs, epoch);
+        return crux_compressor_set_density(x->comp, *density);
+    }
+    if (x->comp)
+        *density = x->target_density;
+#else
+    (void)x, (void)epoch;
+#endif
     return CRUX_SUCCESS;
 }
 

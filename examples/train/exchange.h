@@ -18,6 +18,8 @@ struct exchange_opts {
     int sketch_rows, sketch_cols, qsgd_levels;  /* < 0: codec default */
     double momentum;     /* the optimiser's: DGC's beta when --beta is not given */
     uint64_t seed;
+    int warmup_epochs;   /* DGC density warm-up over the first epochs (0 = off); top-k codecs */
+    double clip;         /* DGC local gradient clipping, max L2 norm (0 = off); codec topk */
 };
 
 struct exchange_totals {
@@ -37,6 +39,14 @@ void exchange_free(struct exchange *x);
 /* 1 if the compressor applies momentum itself (DGC's momentum correction,
  * CRUX_MEMORY_MOMENTUM): the optimiser must then not add its own. */
 int exchange_has_momentum(const struct exchange *x);
+/* DGC's exponential density warm-up (Lin et al. 2018, Sec. 3.4): in epoch e
+ * (0-based) < warmup_epochs the kept fraction is 0.25^(e+1) (0.25, 0.0625,
+ * 0.015625, 0.0039, ...) but never below target; from then on, target. */
+double exchange_warmup_density(double target, int warmup_epochs, int epoch);
+/* Call on every rank at the start of each epoch: sets the compressor's density
+ * for the epoch (warm-up) and returns it in *density (1 for dense or codecs
+ * without a density). */
+int exchange_begin_epoch(struct exchange *x, int epoch, double *density);
 /* 1 if --codec NAME can run in this build. */
 int exchange_codec_built(const char *name);
 

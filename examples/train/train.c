@@ -59,6 +59,11 @@ static void usage(FILE *f)
             "                         DGC: --momentum, and SGD then runs without its own)\n"
             "  --sketch-rows N, --sketch-cols N  Count Sketch shape (codec default)\n"
             "  --qsgd-levels N        QSGD quantisation levels (codec default)\n"
+            "  --warmup-epochs E      DGC density warm-up (cltk|gtopk|topk): 0.25, 0.0625, ...\n"
+            "                         (x1/4 per epoch, not below --density) in the first E\n"
+            "                         epochs, then --density (0 = off)\n"
+            "  --clip NORM            DGC local gradient clipping (topk): each rank's gradient\n"
+            "                         scaled to L2 norm <= NORM/sqrt(P) (0 = off)\n"
             "  --data DIR             Fashion-MNIST IDX files (%s)\n"
             "  --limit N              use only the first N training samples\n"
             "  --csv FILE             per epoch: epoch,train_loss,test_acc,epoch_s,wall_s,\n"
@@ -91,8 +96,26 @@ static int parse_long(const char *flag, const char *s, long long lo, long long *
     return 0;
 }
 
+/* The warm-up changes a top-k density; clipping is DGC's alone (the library
+ * refuses it for other codecs, say so before starting). */
+static int check_dgc_flags(const struct opts *o)
+{
+    const char *c = o->ex.codec;
+    if (o->ex.warmup_epochs > 0 && strcmp(c, "cltk") && strcmp(c, "gtopk") && strcmp(c, "topk")) {
+        fprintf(stderr, "crux-train: --warmup-epochs %d: codec %s has no density to warm up (want "
+                "cltk|gtopk|topk)\n", o->ex.warmup_epochs, c);
+        return -1;
+    }
+    if (o->ex.clip > 0 && strcmp(c, "topk")) {
+        fprintf(stderr, "crux-train: --clip %g: local gradient clipping is DGC's, want --codec topk\n",
+                o->ex.clip);
+        return -1;
+    }
+    return 0;
+}
+
 enum { O_MODEL = 256, O_CODEC, O_MEMORY, O_DENSITY, O_BETA, O_SROWS, O_SCOLS, O_QLEVELS, O_EPOCHS,
-       O_BATCH, O_LR, O_MOMENTUM, O_WD, O_SCHED, O_SEED, O_CSV, O_DATA, O_LIMIT, O_HELP };
+       O_BATCH, O_LR, O_MOMENTUM, O_WD, O_SCHED, O_SEED, O_CSV, O_DATA, O_LIMIT, O_WARMUP, O_CLIP, O_HELP };
 
 /* Returns 0 to run, 1 after --help, -1 on a bad flag (message printed). */
 static int parse_args(int argc, char **argv, struct opts *o)
@@ -104,7 +127,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
         { "batch", 1, 0, O_BATCH },       { "lr", 1, 0, O_LR },             { "momentum", 1, 0, O_MOMENTUM },
         { "weight-decay", 1, 0, O_WD },   { "schedule", 1, 0, O_SCHED },    { "seed", 1, 0, O_SEED },
         { "csv", 1, 0, O_CSV },           { "data", 1, 0, O_DATA },         { "limit", 1, 0, O_LIMIT },
-        { "help", 0, 0, O_HELP },         { 0, 0, 0, 0 },
+        { "warmup-epochs", 1, 0, O_WARMUP }, { "clip", 1, 0, O_CLIP },  { "help", 0, 0, O_HELP },
+        { 0, 0, 0, 0 },
     };
     *o = (struct opts){ .model = MODEL_MLP, .epochs = 5, .batch = 128, .lr = 0.05, .momentum = 0.9,
                         .schedule = SCHED_COSINE, .seed = 1, .data = DATA_DEFAULT_DIR };
@@ -151,6 +175,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
         case O_CSV: o->csv = optarg; break;
         case O_DATA: o->data = optarg; break;
         case O_LIMIT: bad = parse_long("--limit", optarg, 1, &n); o->limit = (size_t)n; break;
+        case O_WARMUP: bad = parse_long("--warmup-epochs", optarg, 0, &n); o->ex.warmup_epochs = (int)n; break;
+        case O_CLIP: bad = parse_double("--clip", optarg, 0, &o->ex.clip); break;
         case O_HELP: usage(stdout); return 1;
         default:
             fprintf(stderr, "crux-train: unknown or incomplete option %s\n", flag);
@@ -174,6 +200,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
                       "(CRUX_HAVE_COMPRESS), only --codec none is available");
         return -1;
     }
+    if (check_dgc_flags(o) != 0)
+        return -1;
     o->ex.seed = o->seed;
     o->ex.momentum = o->momentum;
     return 0;
@@ -381,7 +409,15 @@ static int run_epochs(struct run *r)
         return rc;
     }
     for (int e = 0; e < o->epochs; e++) {
-        double t0 = crux_wtime(), c0 = cpu_seconds();
+        double t0 = crux_wtime(), c0 = cpu_seconds(), density;
+        if ((rc = exchange_begin_epoch(r->ex, e, &density)) != CRUX_SUCCESS) {
+            fprintf(stderr, "crux-train: rank %d: density %g for epoch %d: %s\n", r->rank, density, e + 1,
+                    crux_error_string(rc));
+            return rc;
+        }
+        if (r->rank == 0 && o->ex.warmup_epochs > 0)
+            printf("epoch %d/%d  density %g%s\n", e + 1, o->epochs, density,
+                   e < o->ex.warmup_epochs ? " (warm-up)" : "");
         if ((rc = train_epoch(r, e, &loss)) != CRUX_SUCCESS)
             return rc;
         double dt = crux_wtime() - t0, cpu = cpu_seconds() - c0;

@@ -308,6 +308,24 @@ Test(verbs_vm, one_guest_every_collective_2ranks, .timeout = 200)
     proc_result_free(&res);
 }
 
+/* Every allreduce algorithm over verbs: 4 ranks in one guest as two fake hosts
+ * (CRUX_HOSTNAME), so hier and tree take their multi-node shape; every dtype, op and
+ * count up to 100003 (eager and rendezvous), exact and bit-identical on all ranks. */
+Test(verbs_vm, one_guest_every_algorithm_4ranks, .timeout = 400)
+{
+    struct proc_result res;
+    vm_run(1,
+           "for a in ring recdbl hier tree; do CRUX_ALGO=$a CRUX_TRANSPORT=verbs " CRUX_RUN_PATH
+           " -n 4 " CRUX_TEST_RANKPROG " --hosts h0,h0,h1,h1 allreduce || echo \"algo $a failed\"; done",
+           370, &res);
+    if (res.status != 0 || count(res.out, ": OK") != 16)
+        proc_result_dump(&res);
+    cr_assert_eq(res.status, 0, "exit %d", res.status);
+    cr_assert_eq(count(res.out, "failed"), 0);
+    cr_assert_eq(count(res.out, ": OK"), 16);
+    proc_result_free(&res);
+}
+
 /* Three ranks in one guest: sizes x dtypes exact, and the counters prove the
  * paths: a 4 MiB ring allreduce sends every payload byte by zero-copy rendezvous
  * (none through bounce slots), the reduce-scatter lands in scratch, the allgather

@@ -273,3 +273,21 @@ int crux_coll_wait(struct crux_coll *op)
 {
     return coll_wait_phase(op);
 }
+
+int crux_xfer_check(const struct crux_xfer *x, const char *tp, const char *verb)
+{
+    if (x->len != x->hdr.len || (x->len > 0 && x->buf == NULL)) {
+        crux_error(CRUX_SUBSYS_NET, "%s %s to/from rank %d: len %zu, header len %" PRIu64
+                   ", buf %p", tp, verb, x->peer, x->len, x->hdr.len, x->buf);
+        return CRUX_ERR_ARG;
+    }
+    if (x->reduce_src) {
+        size_t es = crux_datatype_size(x->dtype);
+        if (es == 0 || x->len % es != 0 || (int)x->op < CRUX_SUM || (int)x->op > CRUX_MIN) {
+            crux_error(CRUX_SUBSYS_NET, "%s recv-reduce from rank %d: len %zu, dtype %d, op %d",
+                       tp, x->peer, x->len, (int)x->dtype, (int)x->op);
+            return CRUX_ERR_ARG;
+        }
+    }
+    return CRUX_SUCCESS;
+}

@@ -26,46 +26,10 @@
 #include "lib/compress.h"
 
 static int rank, P, failures;
+#include "rank_util.h"
 static crux_comm_t g_comm; /* the communicator under test (world, or a split half) */
 
-#define CHECK_RC(call)                                                                            \
-    do {                                                                                          \
-        int rc_ = (call);                                                                         \
-        if (rc_ != CRUX_SUCCESS) {                                                                \
-            printf("rank %d: FAIL %s -> %s\n", rank, #call, crux_error_string(rc_));              \
-            exit(1);                                                                              \
-        }                                                                                         \
-    } while (0)
-
-#define FAIL(...)                                                                                 \
-    do {                                                                                          \
-        printf("rank %d: FAIL ", rank);                                                           \
-        printf(__VA_ARGS__);                                                                      \
-        printf("\n");                                                                             \
-        failures++;                                                                               \
-    } while (0)
-
-static void *xcalloc(size_t n, size_t sz)
-{
-    void *p = calloc(n ? n : 1, sz);
-    if (!p) {
-        printf("rank %d: out of memory\n", rank);
-        exit(1);
-    }
-    return p;
-}
-
 /* ----------------------------------------------------------------- inputs --- */
-
-static uint32_t mix(uint32_t x)
-{
-    x ^= x >> 16;
-    x *= 0x7feb352dU;
-    x ^= x >> 15;
-    x *= 0x846ca68bU;
-    x ^= x >> 16;
-    return x;
-}
 
 /* General input: integers in [-500, 500] (ties happen: they test the tie rule),
  * plus a boost on the indices rank r "owns" ((i / 3) % P == r), so every leader

@@ -25,44 +25,7 @@
 #include "lib/compress.h"
 
 static int rank, P, failures;
-
-#define CHECK_RC(call)                                                                            \
-    do {                                                                                          \
-        int rc_ = (call);                                                                         \
-        if (rc_ != CRUX_SUCCESS) {                                                                \
-            printf("rank %d: FAIL %s -> %s\n", rank, #call, crux_error_string(rc_));              \
-            exit(1);                                                                              \
-        }                                                                                         \
-    } while (0)
-
-#define FAIL(...)                                                                                 \
-    do {                                                                                          \
-        if (failures++ < 10) {                                                                    \
-            printf("rank %d: FAIL ", rank);                                                       \
-            printf(__VA_ARGS__);                                                                  \
-            printf("\n");                                                                         \
-        }                                                                                         \
-    } while (0)
-
-static void *xcalloc(size_t n, size_t sz)
-{
-    void *p = calloc(n ? n : 1, sz);
-    if (!p) {
-        printf("rank %d: out of memory\n", rank);
-        exit(1);
-    }
-    return p;
-}
-
-static uint32_t mix(uint32_t x)
-{
-    x ^= x >> 16;
-    x *= 0x7feb352dU;
-    x ^= x >> 15;
-    x *= 0x846ca68bU;
-    x ^= x >> 16;
-    return x;
-}
+#include "rank_util.h"
 
 /* Integer-valued gradient of rank r at step t: distinct magnitudes are not needed, the
  * simulation applies the same tie rule. */

@@ -97,6 +97,11 @@ struct crux_tp_ops {
     int (*stats)(struct crux_tp *tp, struct crux_tp_stats *out);
 };
 
+/* Transports validate what they are handed with this (lib/coll.c): length against
+ * the header, a buffer when there are bytes, a reducible dtype/op for a receive with
+ * reduce. Logs and returns CRUX_ERR_ARG; tp names the transport, verb the operation. */
+int crux_xfer_check(const struct crux_xfer *x, const char *tp, const char *verb);
+
 /* Every transport object starts with this. */
 struct crux_tp {
     const struct crux_tp_ops *ops;

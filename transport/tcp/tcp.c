@@ -34,16 +34,6 @@ static struct tcp_peer *peer_of_xfer(struct crux_tcp *tp, const struct crux_xfer
     return &tp->peers[idx];
 }
 
-static int xfer_check(const struct crux_xfer *x, const char *verb)
-{
-    if (x->len != x->hdr.len || (x->len > 0 && x->buf == NULL)) {
-        crux_error(CRUX_SUBSYS_NET, "tcp %s to/from rank %d: len %zu, header len %" PRIu64
-                   ", buf %p", verb, x->peer, x->len, x->hdr.len, x->buf);
-        return CRUX_ERR_ARG;
-    }
-    return CRUX_SUCCESS;
-}
-
 static void xfer_reset(struct crux_xfer *x, int kind)
 {
     x->kind = kind;
@@ -59,7 +49,7 @@ static int tcp_isend(struct crux_tp *base, struct crux_xfer *x)
     struct tcp_peer *p = peer_of_xfer(tp, x, "send");
     if (p == NULL)
         return CRUX_ERR_ARG;
-    CRUX_TRY(xfer_check(x, "send"));
+    CRUX_TRY(crux_xfer_check(x, "tcp", "send"));
     xfer_reset(x, CRUX_XFER_SEND);
     if (p->failed) {
         tcp_xfer_finish(x, p->failed);
@@ -84,7 +74,7 @@ static int tcp_irecv(struct crux_tp *base, struct crux_xfer *x)
     struct tcp_peer *p = peer_of_xfer(tp, x, "recv");
     if (p == NULL)
         return CRUX_ERR_ARG;
-    CRUX_TRY(xfer_check(x, "recv"));
+    CRUX_TRY(crux_xfer_check(x, "tcp", "recv"));
     if (x->reduce_src != NULL) {
         size_t es = crux_datatype_size(x->dtype);
         if (es == 0 || x->len % es != 0 || (int)x->op < CRUX_SUM || (int)x->op > CRUX_MIN) {

@@ -653,24 +653,6 @@ static struct vb_peer *peer_of_xfer(struct crux_verbs *vb, const struct crux_xfe
     return &vb->peers[idx];
 }
 
-static int xfer_check(const struct crux_xfer *x, const char *verb)
-{
-    if (x->len != x->hdr.len || (x->len > 0 && x->buf == NULL)) {
-        crux_error(CRUX_SUBSYS_NET, "verbs %s to/from rank %d: len %zu, header len %" PRIu64
-                   ", buf %p", verb, x->peer, x->len, x->hdr.len, x->buf);
-        return CRUX_ERR_ARG;
-    }
-    if (x->reduce_src) {
-        size_t es = crux_datatype_size(x->dtype);
-        if (es == 0 || x->len % es != 0 || (int)x->op < CRUX_SUM || (int)x->op > CRUX_MIN) {
-            crux_error(CRUX_SUBSYS_NET, "verbs recv-reduce from rank %d: len %zu, dtype %d, op %d",
-                       x->peer, x->len, (int)x->dtype, (int)x->op);
-            return CRUX_ERR_ARG;
-        }
-    }
-    return CRUX_SUCCESS;
-}
-
 static void xfer_reset(struct crux_xfer *x, int kind)
 {
     x->kind = kind;
@@ -695,7 +677,7 @@ static int vb_isend(struct crux_tp *base, struct crux_xfer *x)
     struct vb_peer *q = peer_of_xfer(vb, x, "send");
     if (!q)
         return CRUX_ERR_ARG;
-    CRUX_TRY(xfer_check(x, "send"));
+    CRUX_TRY(crux_xfer_check(x, "verbs", "send"));
     xfer_reset(x, CRUX_XFER_SEND);
     if (q->failed) {
         xfer_finish(x, q->failed);
@@ -713,7 +695,7 @@ static int vb_irecv(struct crux_tp *base, struct crux_xfer *x)
     struct vb_peer *q = peer_of_xfer(vb, x, "recv");
     if (!q)
         return CRUX_ERR_ARG;
-    CRUX_TRY(xfer_check(x, "recv"));
+    CRUX_TRY(crux_xfer_check(x, "verbs", "recv"));
     xfer_reset(x, CRUX_XFER_RECV);
     if (q->failed) {
         xfer_finish(x, q->failed);

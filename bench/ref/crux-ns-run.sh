@@ -7,9 +7,10 @@
 # second ("198.18.0.1=cruxrb-a 198.18.0.2=cruxrb-b"), pinned with
 # REFBENCH_CPU_MAP when it names a CPU. Each rank gets CRUX_RANK, CRUX_SIZE,
 # CRUX_LOCAL_RANK, CRUX_ROOT=<first ip>:<port>, CRUX_JOB_KEY,
-# CRUX_TRANSPORT=tcp (both namespaces share the hostname, so crux would
-# otherwise pick shared memory) and CRUX_SOCKET_IFNAME=rbveth; variables
-# already set in the environment win. When a rank fails the others are
+# CRUX_TRANSPORT=tcp (like Open MPI's tcp,self BTLs beside it), CRUX_HOSTNAME=<its
+# namespace> (each namespace is a host: hier and tree see two nodes) and
+# CRUX_SOCKET_IFNAME=rbveth; variables already set in the environment win, except
+# CRUX_HOSTNAME. When a rank fails the others are
 # stopped and the exit status is non-zero, naming the rank.
 set -uo pipefail
 
@@ -36,6 +37,7 @@ for ((r = 0; r < NP; r++)); do
   ip netns exec "${NSS[$side]}" "${pin[@]}" env \
     CRUX_RANK=$r CRUX_SIZE=$NP CRUX_LOCAL_RANK=$local_rank \
     CRUX_ROOT="${CRUX_ROOT:-${IPS[0]}:$PORT}" CRUX_JOB_KEY="$KEY" \
+    CRUX_HOSTNAME="${NSS[$side]}" \
     CRUX_TRANSPORT="${CRUX_TRANSPORT:-tcp}" CRUX_SOCKET_IFNAME="${CRUX_SOCKET_IFNAME:-rbveth}" \
     "$@" &
   PIDS+=($!)

@@ -63,6 +63,26 @@ CODEC_TESTS(sketch, 2)
 CODEC_TESTS(sketch, 3)
 CODEC_TESTS(sketch, 4)
 
+/* 5 and 8 ranks (recursive doubling folds, deeper gTop-k trees) on n = 50000 at density
+ * 0.001: one chunk, or 4 chunks of 16384 (the last 848). Not the sketch: its planted
+ * inputs (grad_planted) are sized for n = 5000, and there its table is large enough
+ * next to the vector that an odd-P allreduce of it is not smaller than dense. */
+#define MANY_RANKS_TESTS(CODEC, N)                                                                \
+    Test(compress_##CODEC, ranks##N##_residual)                                                   \
+    {                                                                                             \
+        char *args[] = { "check", #CODEC, "50000", "3", "1", "0.001", NULL };                     \
+        run_ranks(N, "shm", "4M", args);                                                          \
+    }                                                                                             \
+    Test(compress_##CODEC, ranks##N##_lowpass_chunked)                                            \
+    {                                                                                             \
+        char *args[] = { "check", #CODEC, "50000", "3", "0.5", "0.001", NULL };                   \
+        run_ranks(N, "shm", "65536", args);                                                       \
+    }
+MANY_RANKS_TESTS(cltk, 5)
+MANY_RANKS_TESTS(cltk, 8)
+MANY_RANKS_TESTS(gtopk, 5)
+MANY_RANKS_TESTS(gtopk, 8)
+
 #define TCP_TEST(CODEC)                                                                           \
     Test(compress_tcp, CODEC##_ranks3)                                                            \
     {                                                                                             \

@@ -1,6 +1,6 @@
 /* test_dgc_qsgd.c - DGC (codec topk: momentum correction, masking, clipping, density
  * warm-up, sparse allgather) and QSGD (allgather of quantised payloads) through
- * crux-run on 1-4 ranks, one chunk and many, shm and TCP. The rank program
+ * crux-run on 1-5 and 8 ranks, one chunk and many, shm and TCP. The rank program
  * (dgc_qsgd_rank_prog.c) simulates every rank and compares exactly. */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -43,8 +43,9 @@ static void run_ranks(int n, const char *transport, const char *chunk_bytes, cha
 /* 5000 elements: one chunk (4M default) or 5 chunks of 1024 (the last 904). */
 Test(dgc, momentum_1_to_4_ranks)
 {
-    for (int p = 1; p <= 4; p++)
+    for (int p = 1; p <= 5; p++)
         RUN(p, "shm", "4M", "dgc", "5000", "3", "momentum", "0.01", "0");
+    RUN(8, "shm", "4096", "dgc", "5000", "2", "momentum", "0.01", "0");
 }
 Test(dgc, momentum_chunked_3_ranks) { RUN(3, "shm", "4096", "dgc", "5000", "3", "momentum", "0.02", "0"); }
 Test(dgc, residual_and_none) {
@@ -65,6 +66,8 @@ Test(qsgd, noisy_identical_on_all_ranks)
 {
     RUN(3, "shm", "4096", "qsgd-noisy", "10000");
     RUN(4, "shm", "4M", "qsgd-noisy", "10000");
+    RUN(8, "shm", "4096", "qsgd-noisy", "10000");
+    RUN(5, "shm", "4096", "qsgd-exact", "5000", "7", "residual");
 }
 Test(qsgd, tcp_3_ranks) { RUN(3, "tcp", "4096", "qsgd-exact", "5000", "7", "residual"); }
 

@@ -19,6 +19,7 @@ int crux_allreduce_ring(struct crux_coll *op);   /* algo/ring.c: RS + AG, pipeli
 int crux_allreduce_recdbl(struct crux_coll *op); /* algo/recdbl.c: recursive doubling + fold */
 int crux_allreduce_hier(struct crux_coll *op);   /* algo/hier.c: node RS, per-rail rings, node AG */
 int crux_allreduce_tree(struct crux_coll *op);   /* algo/tree.c: double binary tree, pipelined */
+int crux_allreduce_shm_node(struct crux_coll *op); /* algo/shm_node.c: one host, direct mailboxes */
 /* other collectives */
 int crux_reduce_scatter_ring(struct crux_coll *op); /* algo/ring.c */
 int crux_allgather_ring(struct crux_coll *op);      /* algo/allgather.c */
@@ -28,6 +29,11 @@ int crux_barrier_dissemination(struct crux_coll *op); /* algo/barrier.c */
 /* algo/tree.c: this rank's links in both trees (t->tree), from node-major position
  * my_pos among P ranks; called once when a communicator is created. */
 int crux_tree_build(struct crux_topo *t, int P, int my_pos);
+
+/* algo/shm_node.c: does every rank of comm reach the others through shm (cached)?
+ * And the largest message its mailboxes carry. */
+int crux_shm_node_usable(struct crux_comm *comm);
+size_t crux_shm_node_max_bytes(struct crux_comm *comm);
 
 /* algo/select.c: the only place that chooses. Sets op->fn and op->algo. */
 void crux_allreduce_select(struct crux_coll *op);

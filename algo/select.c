@@ -8,6 +8,7 @@ const char *crux_algo_name(int algo)
     case CRUX_ALGO_RECDBL: return "recdbl";
     case CRUX_ALGO_HIER: return "hier";
     case CRUX_ALGO_TREE: return "tree";
+    case CRUX_ALGO_SHM: return "shm";
     default: return "auto";
     }
 }
@@ -27,11 +28,32 @@ const char *crux_algo_name(int algo)
 #define SELECT_TREE_MIN_NODES 4
 #define SELECT_TREE_MAX_BYTES ((size_t)1 << 20)
 
-static int select_auto(const struct crux_coll *op)
+/* One host, every rank on shared memory: the node path (algo/shm_node.c). Two
+ * ranks: always (mailbox up to the eager limit, then its own RS + AG pipeline
+ * through the staging rings). More ranks: while the whole exchange fits the
+ * mailboxes; each rank sends its vector to P-1 peers, so while (P-1) x bytes
+ * stays within the eager limit (what two ranks send); past that recursive doubling
+ * and the ring move less. `forced` (CRUX_ALGO=shm) drops the (P-1) factor. Only
+ * for calls that own the context (op->exclusive): the node path bypasses the
+ * transfer queues, so schedules interleaved by lib/compress.c keep theirs. */
+static int select_shm_node(struct crux_coll *op, int forced)
+{
+    struct crux_comm *comm = op->comm;
+    if (!op->exclusive || !crux_shm_node_usable(comm))
+        return 0;
+    if (comm->size == 2)
+        return 1;
+    size_t bytes = op->count * op->esize;
+    return bytes * (size_t)(forced ? 1 : comm->size - 1) <= crux_shm_node_max_bytes(comm);
+}
+
+static int select_auto(struct crux_coll *op)
 {
     const struct crux_config *cfg = &op->comm->ctx->cfg;
     const struct crux_topo *t = op->comm->topo;
     size_t bytes = op->count * op->esize;
+    if (select_shm_node(op, 0))
+        return CRUX_ALGO_SHM;
     if (bytes < cfg->ring_min_bytes || op->count < (size_t)op->comm->size)
         return CRUX_ALGO_RECDBL;
     if (t->nnodes >= SELECT_TREE_MIN_NODES && bytes <= SELECT_TREE_MAX_BYTES)
@@ -44,13 +66,15 @@ static int select_auto(const struct crux_coll *op)
 void crux_allreduce_select(struct crux_coll *op)
 {
     int algo = op->comm->ctx->cfg.algo;
-    if (algo == CRUX_ALGO_AUTO)
+    /* Forced shm where it cannot run (other hosts, or beyond the mailbox): auto. */
+    if (algo == CRUX_ALGO_AUTO || (algo == CRUX_ALGO_SHM && !select_shm_node(op, 1)))
         algo = select_auto(op);
     op->algo = algo;
     switch (algo) {
     case CRUX_ALGO_RING: op->fn = crux_allreduce_ring; break;
     case CRUX_ALGO_HIER: op->fn = crux_allreduce_hier; break;
     case CRUX_ALGO_TREE: op->fn = crux_allreduce_tree; break;
+    case CRUX_ALGO_SHM: op->fn = crux_allreduce_shm_node; break;
     default: op->fn = crux_allreduce_recdbl; break;
     }
 }
@@ -71,8 +95,16 @@ void crux_coll_select(struct crux_coll *op)
         op->fn = crux_bcast_binomial;
         break;
     default:
-        op->algo = CRUX_ALGO_AUTO;
-        op->fn = crux_barrier_dissemination;
+        /* On one host a barrier is the node path's empty allreduce: one mailbox
+         * message to each peer instead of log2(P) dependent rounds. */
+        if (op->comm->ctx->cfg.algo != CRUX_ALGO_AUTO || !op->exclusive ||
+            !crux_shm_node_usable(op->comm)) {
+            op->algo = CRUX_ALGO_AUTO;
+            op->fn = crux_barrier_dissemination;
+        } else {
+            op->algo = CRUX_ALGO_SHM;
+            op->fn = crux_allreduce_shm_node;
+        }
         break;
     }
 }

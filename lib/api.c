@@ -73,6 +73,7 @@ static void coll_setup(struct crux_coll *op, struct crux_comm *comm, enum crux_c
     op->nxfers = 0;
     op->xfers = comm->xfers;
     op->deadline = 0;
+    op->exclusive = 1; /* blocking calls drain requests first; requests run one at a time */
     if (kind == CRUX_COLL_ALLREDUCE)
         crux_allreduce_select(op);
     else

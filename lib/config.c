@@ -100,12 +100,14 @@ const struct crux_param crux_params[] = {
      "Bytes of user buffers verbs keeps registered (pinned) for zero-copy transfers; the least "
      "recently used registrations are dropped beyond it. 0 registers per message. Pinned "
      "memory counts against ulimit -l."},
-    {"ALGO", CRUX_PARAM_ENUM, "auto", OFF(algo), "auto|ring|recdbl|hier|tree",
+    {"ALGO", CRUX_PARAM_ENUM, "auto", OFF(algo), "auto|ring|recdbl|hier|tree|shm",
      "Allreduce algorithm. auto: recursive doubling below CRUX_RING_MIN_BYTES; from there on the "
      "double binary tree up to 1 MiB on 4 or more nodes, hierarchical (intra-node reduce-scatter, "
      "per-rail inter-node ring, intra-node allgather) on several nodes with several ranks each, "
      "else the pipelined ring (algo/select.c). ring, recdbl, hier or tree force that algorithm "
-     "for every size (hier and tree also work on one node)."},
+     "for every size (hier and tree also work on one node); shm forces the node-local mailbox "
+     "path (algo/shm_node.c) wherever every rank of the communicator is on shared memory, up to "
+     "CRUX_SHM_EAGER_BYTES (ring above)."},
     {"RING_MIN_BYTES", CRUX_PARAM_SIZE, "64K", OFF(ring_min_bytes), NULL,
      "With CRUX_ALGO=auto, allreduces of at least this many bytes (of one rank's buffer) use the "
      "ring, smaller ones recursive doubling. Suffixes K, M, G are binary."},

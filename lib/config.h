@@ -7,7 +7,7 @@
 
 enum crux_transport_kind { CRUX_TP_AUTO = 0, CRUX_TP_SHM, CRUX_TP_TCP, CRUX_TP_VERBS };
 enum crux_algo_kind { CRUX_ALGO_AUTO = 0, CRUX_ALGO_RING, CRUX_ALGO_RECDBL, CRUX_ALGO_HIER,
-                      CRUX_ALGO_TREE };
+                      CRUX_ALGO_TREE, CRUX_ALGO_SHM };
 
 #define CRUX_STR_MAX 256
 

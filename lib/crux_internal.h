@@ -83,6 +83,8 @@ struct crux_comm {
     uint32_t nsplits;               /* children created, for child context ids */
     struct crux_comm *next_zombie;
     struct crux_topo *topo;         /* node grouping, built at creation */
+    int shm_node;                   /* algo/shm_node.c: 0 unknown, 1 all ranks on shm, 2 not */
+    size_t shm_node_max;            /* ... and the largest message its mailboxes carry */
     /* Scratch owned by the communicator, sized on first use and reused (no per-call
      * allocation once warm). */
     struct crux_xfer *xfers;        /* [nxfers_cap] */
@@ -122,6 +124,10 @@ struct crux_coll {
     int step;
     int nxfers;                      /* xfers posted in the current phase */
     struct crux_xfer *xfers;         /* comm->xfers */
+    uint64_t ctr[4];                 /* schedule's own counters (algo/shm_node.c) */
+    int exclusive;                   /* 1: the only collective in flight on its context (api.c
+                                      * calls, one request at a time), so a schedule may bypass
+                                      * the transfer queues (algo/shm_node.c); 0 elsewhere */
     double deadline;                 /* crux_now() past which the call times out; 0 = not started (the wait loop sets it on first use) */
 };
 

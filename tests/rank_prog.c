@@ -8,6 +8,7 @@
  *   crux_test_rank mismatch count|dtype|op
  *   crux_test_rank allreduce             allreduce only: exact values, bit-identical results
  *                                        of order-dependent floats, node communicators
+ *   crux_test_rank node                  the node mailbox path's edges (algo/shm_node.c)
  * A leading --hosts H0,H1,... sets CRUX_HOSTNAME=H<rank> before crux_init, so ranks
  * of this machine form fake hosts and run the multi-node schedules over TCP.
  *
@@ -508,6 +509,82 @@ static int mode_allreduce(void)
     return failures ? 1 : 0;
 }
 
+/* iallreduce on world and on an odd/even split, interleaved with a blocking call:
+ * requests on two communicators (count 5, the mailbox path on one host). */
+static void test_two_comm_requests(void)
+{
+    crux_comm_t sub;
+    CHECK_RC(crux_comm_split(CRUX_COMM_WORLD, rank % 2, rank, &sub));
+    int subn = 0, subsum = 0;
+    for (int r = rank % 2; r < nranks; r += 2)
+        subn++, subsum += r;
+    for (int it = 0; it < 50; it++) {
+        int32_t a[5], b[5], c[5], wa[5], wb[5], wc[5];
+        for (int i = 0; i < 5; i++) {
+            a[i] = rank + i + it;
+            b[i] = 2 * rank + i;
+            c[i] = rank * i;
+            wa[i] = nranks * (nranks - 1) / 2 + nranks * (i + it);
+            wb[i] = 2 * subsum + subn * i;
+            wc[i] = i * nranks * (nranks - 1) / 2;
+        }
+        crux_request_t ra, rb;
+        CHECK_RC(crux_iallreduce(CRUX_IN_PLACE, a, 5, CRUX_INT32, CRUX_SUM, CRUX_COMM_WORLD, &ra));
+        CHECK_RC(crux_iallreduce(CRUX_IN_PLACE, b, 5, CRUX_INT32, CRUX_SUM, sub, &rb));
+        CHECK_RC(crux_allreduce(CRUX_IN_PLACE, c, 5, CRUX_INT32, CRUX_SUM, CRUX_COMM_WORLD));
+        CHECK_RC(crux_wait(&rb));
+        CHECK_RC(crux_wait(&ra));
+        if (memcmp(a, wa, sizeof a) || memcmp(b, wb, sizeof b) || memcmp(c, wc, sizeof c)) {
+            printf("rank %d: FAIL requests on two comms, iteration %d\n", rank, it);
+            failures++;
+            break;
+        }
+    }
+    CHECK_RC(crux_comm_free(&sub));
+}
+
+/* Many calls of a size that does not divide the mailbox data ring: messages wrap
+ * around its end, and the result must stay exact on every call. */
+static void test_ring_wrap(void)
+{
+    size_t count = 3001;
+    int32_t *buf = xmalloc(count * 4);
+    for (int it = 0; it < 64; it++) {
+        for (size_t i = 0; i < count; i++)
+            buf[i] = (int32_t)(i * (size_t)nranks) + rank + it;
+        CHECK_RC(crux_allreduce(CRUX_IN_PLACE, buf, count, CRUX_INT32, CRUX_SUM, CRUX_COMM_WORLD));
+        for (size_t i = 0; i < count; i++)
+            if (buf[i] != (int32_t)(i * (size_t)nranks * (size_t)nranks) + nranks * (nranks - 1) / 2 + nranks * it) {
+                printf("rank %d: FAIL ring wrap call %d element %zu is %d\n", rank, it, i, buf[i]);
+                failures++;
+                it = 64;
+                break;
+            }
+    }
+    free(buf);
+}
+
+static int mode_node(void)
+{
+    /* Around the 32-byte inline slot, 64-byte lines, and the 16 KiB eager limit. */
+    static const size_t counts[] = { 0, 1, 7, 8, 9, 17, 1023, 4095, 4096, 4097 };
+    for (size_t c = 0; c < sizeof(counts) / sizeof(counts[0]); c++)
+        for (int dt = CRUX_FLOAT; dt <= CRUX_BFLOAT16; dt++)
+            for (int op = CRUX_SUM; op <= CRUX_MIN; op++)
+                for (int ip = 0; ip < 2; ip++)
+                    if (c < 4 || dt == CRUX_FLOAT || dt == CRUX_UINT8 || dt == CRUX_BFLOAT16)
+                        test_allreduce(dt, op, counts[c], ip);
+    test_noisy_floats(7);
+    test_noisy_floats(1001);
+    test_noisy_floats(4096);
+    test_iP_plus_rank(CRUX_FLOAT, 4000);
+    test_ring_wrap();
+    test_two_comm_requests();
+    for (int i = 0; i < 20; i++)
+        CHECK_RC(crux_barrier(CRUX_COMM_WORLD));
+    return failures ? 1 : 0;
+}
+
 /* --hosts H0,H1,...: this rank's host name is entry CRUX_RANK; remember how many
  * ranks share it. */
 static int set_fake_host(const char *list)
@@ -542,7 +619,7 @@ int main(int argc, char **argv)
         argc -= 2;
     }
     if (argc < 2) {
-        fprintf(stderr, "usage: %s [--hosts H0,H1,...] coll [--quick] | allreduce | kill|stall VICTIM "
+        fprintf(stderr, "usage: %s [--hosts H0,H1,...] coll [--quick] | allreduce | node | kill|stall VICTIM "
                 "ITER | mismatch count|dtype|op\n", argv[0]);
         return 2;
     }
@@ -556,6 +633,8 @@ int main(int argc, char **argv)
         return mode_kill(atoi(argv[2]), atol(argv[3]), SIGKILL);
     else if (!strcmp(argv[1], "stall") && argc == 4)
         return mode_kill(atoi(argv[2]), atol(argv[3]), SIGSTOP);
+    else if (!strcmp(argv[1], "node"))
+        rc = mode_node();
     else if (!strcmp(argv[1], "allreduce"))
         rc = mode_allreduce();
     else if (!strcmp(argv[1], "mismatch") && argc == 3)

@@ -135,15 +135,23 @@ Test(topo, sub_communicator_in_scrambled_order)
     check_layout(8, host_of, 5, world);
 }
 
-static int pick(int nnodes, int max_local, int P, size_t bytes)
+/* shm_max > 0: every rank reaches the others through shm mailboxes of that size
+ * (algo/shm_node.c caches this per communicator). */
+static int pick_shm(int nnodes, int max_local, int P, size_t bytes, size_t shm_max)
 {
     static struct crux_ctx ctx;
     cr_assert_eq(crux_config_load(&ctx.cfg), CRUX_SUCCESS);
     struct crux_topo t = { .nnodes = nnodes, .max_local = max_local, .min_local = 1 };
-    struct crux_comm comm = { .ctx = &ctx, .size = P, .topo = &t };
-    struct crux_coll op = { .comm = &comm, .count = bytes / 4, .esize = 4 };
+    struct crux_comm comm = { .ctx = &ctx, .size = P, .topo = &t, .shm_node = shm_max ? 1 : 2,
+                              .shm_node_max = shm_max };
+    struct crux_coll op = { .comm = &comm, .count = bytes / 4, .esize = 4, .exclusive = 1 };
     crux_allreduce_select(&op);
     return op.algo;
+}
+
+static int pick(int nnodes, int max_local, int P, size_t bytes)
+{
+    return pick_shm(nnodes, max_local, P, bytes, 0);
 }
 
 Test(topo, auto_selection)
@@ -162,5 +170,35 @@ Test(topo, auto_selection)
     cr_assert_eq(pick(1, 4, 4, 1024), CRUX_ALGO_TREE);
     setenv("CRUX_ALGO", "hier", 1);
     cr_assert_eq(pick(1, 1, 1, 0), CRUX_ALGO_HIER);
+    unsetenv("CRUX_ALGO");
+}
+
+/* One host on shm: the node path for two ranks at every size, for more ranks
+ * while (P-1) x bytes fits the 16 KiB mailbox; forced shm drops the factor. */
+Test(topo, shm_node_selection)
+{
+    unsetenv("CRUX_ALGO");
+    unsetenv("CRUX_RING_MIN_BYTES");
+    size_t mb = 16384;
+    cr_assert_eq(pick_shm(1, 2, 2, 4, mb), CRUX_ALGO_SHM);
+    cr_assert_eq(pick_shm(1, 2, 2, 256u << 20, mb), CRUX_ALGO_SHM);
+    cr_assert_eq(pick_shm(1, 4, 4, 1024, mb), CRUX_ALGO_SHM);
+    cr_assert_eq(pick_shm(1, 4, 4, 5460, mb), CRUX_ALGO_SHM);
+    cr_assert_eq(pick_shm(1, 4, 4, 5464, mb), CRUX_ALGO_RECDBL);
+    cr_assert_eq(pick_shm(1, 8, 8, 1 << 20, mb), CRUX_ALGO_RING);
+    setenv("CRUX_ALGO", "shm", 1);
+    cr_assert_eq(pick_shm(1, 4, 4, 16384, mb), CRUX_ALGO_SHM);
+    cr_assert_eq(pick_shm(1, 4, 4, 16388, mb), CRUX_ALGO_RECDBL);
+    cr_assert_eq(pick(2, 2, 4, 1024), CRUX_ALGO_RECDBL, "forced shm across hosts: auto");
+    /* Not exclusive (lib/compress.c interleaves schedules): never the node path. */
+    struct crux_topo t = { .nnodes = 1, .max_local = 2, .min_local = 1 };
+    static struct crux_ctx ctx;
+    cr_assert_eq(crux_config_load(&ctx.cfg), CRUX_SUCCESS);
+    struct crux_comm comm = { .ctx = &ctx, .size = 2, .topo = &t, .shm_node = 1, .shm_node_max = mb };
+    struct crux_coll op = { .comm = &comm, .count = 1, .esize = 4, .exclusive = 0 };
+    crux_allreduce_select(&op);
+    cr_assert_eq(op.algo, CRUX_ALGO_RECDBL);
+    setenv("CRUX_ALGO", "ring", 1);
+    cr_assert_eq(pick_shm(1, 2, 2, 4, mb), CRUX_ALGO_RING);
     unsetenv("CRUX_ALGO");
 }

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "shm.h"
+#include "shm_direct.h"
 
 #define SHM_DEATH_POLL_NS 10000000ull /* progress() looks for dead peers every 10 ms */
 #define SHM_SLEEP_SLICE_MS 20         /* block() re-checks peers at least this often */
@@ -258,6 +259,44 @@ static int shm_block(struct crux_tp *base, int timeout_ms)
             break;
     } while (left > 0);
     return tp->ndead ? CRUX_ERR_PEER : CRUX_SUCCESS;
+}
+
+/* Has anything arrived from p that a node schedule (shm_direct.h) may wait for:
+ * a mailbox message, a staging fragment, or a returned staging slot? */
+static int direct_ready(struct shm_peer *p)
+{
+    const struct shm_slot *s = &p->rx.slots[p->rx_msgs & (p->rx.nslots - 1)];
+    if ((uint32_t)atomic_load_explicit(&s->ctl, memory_order_acquire) == (uint32_t)(p->rx_msgs + 1))
+        return 1;
+    uint64_t k = p->rx_frags & (p->rx.depth - 1);
+    if (atomic_load_explicit(&p->rx.desc[k].stamp, memory_order_acquire) == p->rx_frags + 1)
+        return 1;
+    uint64_t cr = atomic_load_explicit(&p->tx.credit->frags, memory_order_acquire);
+    if (cr != p->cr_frags) {
+        p->cr_frags = cr; /* counted as news once */
+        return 1;
+    }
+    return 0;
+}
+
+int crux_shm_direct_block(struct crux_tp *base, int peer, int timeout_ms)
+{
+    struct shm_tp *tp = (struct shm_tp *)base;
+    struct shm_peer *p = peer_lookup(tp, peer);
+    int ndead = tp->ndead;
+    check_deaths(tp);
+    if (tp->ndead != ndead || !p || p->dead)
+        return CRUX_ERR_PEER;
+    shm_settle(tp); /* wake-ups we still owe, before we stop running */
+    atomic_store_explicit(&tp->door->sleeping, 1, memory_order_seq_cst);
+    uint32_t seen = atomic_load_explicit(&tp->door->bell, memory_order_seq_cst);
+    if (!direct_ready(p)) {
+        futex_sleep(tp->door, seen, timeout_ms);
+        tp->st.sleeps++;
+    }
+    atomic_store_explicit(&tp->door->sleeping, 0, memory_order_relaxed);
+    check_deaths(tp);
+    return tp->ndead != ndead ? CRUX_ERR_PEER : CRUX_SUCCESS;
 }
 
 static void shm_close(struct crux_tp *base)

@@ -147,6 +147,15 @@ struct shm_tp {
 int shm_setup(struct shm_tp *tp, const int *peers, int npeers);
 void shm_teardown(struct shm_tp *tp);
 
+/* How a message lands: dtype/op/log2(element size) for a reduce, nt for copies
+ * of huge receives. */
+struct shm_land {
+    crux_datatype_t dtype;
+    crux_op_t op;
+    unsigned shift;
+    int nt;
+};
+
 /* shm_chan.c: the per-pair protocol. Each returns 1 when x completed (done set). */
 int shm_send_step(struct shm_tp *tp, struct shm_peer *p, struct crux_xfer *x);
 int shm_recv_step(struct shm_tp *tp, struct shm_peer *p, struct crux_xfer *x);
@@ -157,5 +166,18 @@ int shm_peer_ready(struct shm_peer *p);
 void shm_ring(struct shm_tp *tp, struct shm_peer *p);
 void shm_settle(struct shm_tp *tp);
 void shm_xfer_finish(struct crux_xfer *x, int rc);
+/* Pieces of the above for shm_direct.c: post an eager message (len <= eager_max;
+ * 1 = posted, 0 = no room); check an arrived slot's header (0 = mismatch, logged);
+ * drop that message; land an arrived eager message (copy or dst = a op data) and
+ * free its slot. */
+int shm_post_eager(struct shm_tp *tp, struct shm_peer *p, const struct crux_msg_hdr *h,
+                   const void *buf);
+int shm_hdr_check(struct shm_peer *p, const struct shm_slot *s, uint64_t ctl,
+                  const struct crux_msg_hdr *want);
+void shm_skip_message(struct shm_tp *tp, struct shm_peer *p, const struct shm_slot *s, uint64_t ctl);
+/* Copy with non-temporal stores (then sfence): for destinations far beyond the caches. */
+void shm_copy_nt(unsigned char *dst, const unsigned char *src, size_t n);
+void shm_take_eager(struct shm_tp *tp, struct shm_peer *p, const struct shm_slot *s, size_t len,
+                    void *dst, const void *a, const struct shm_land *how);
 
 #endif

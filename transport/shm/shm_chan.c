@@ -147,29 +147,37 @@ static void slot_fill_hdr(struct shm_slot *s, const struct crux_msg_hdr *h)
     s->sig = h->sig;
 }
 
-static int send_eager(struct shm_tp *tp, struct shm_peer *p, struct crux_xfer *x)
+int shm_post_eager(struct shm_tp *tp, struct shm_peer *p, const struct crux_msg_hdr *h,
+                   const void *buf)
 {
-    size_t len = x->len;
-    if (x->dep && send_avail(x) < len)
-        return dep_failed(x);
+    size_t len = h->len;
     uint64_t rest = ring_bytes(len);
     if (!have_slot(p) || (rest && !have_data(p, rest)))
         return 0;
     struct shm_slot *s = &p->tx.slots[p->tx_msgs & (p->tx.nslots - 1)];
     if (rest) {
-        ring_write(&p->tx, p->tx_data, x->buf, len);
+        ring_write(&p->tx, p->tx_data, buf, len);
         p->tx_data += rest;
     } else if (len) {
-        memcpy(s->data, x->buf, len);
+        memcpy(s->data, buf, len);
     }
-    slot_fill_hdr(s, &x->hdr);
+    slot_fill_hdr(s, h);
     p->tx_msgs++;
     atomic_store_explicit(&s->ctl, (uint32_t)p->tx_msgs | (uint64_t)len << 32,
                           memory_order_release);
     shm_ring(tp, p);
     tp->st.mb_msgs++;
     tp->st.mb_bytes += len;
-    x->bytes_done = len;
+    return 1;
+}
+
+static int send_eager(struct shm_tp *tp, struct shm_peer *p, struct crux_xfer *x)
+{
+    if (x->dep && send_avail(x) < x->len)
+        return dep_failed(x);
+    if (!shm_post_eager(tp, p, &x->hdr, x->buf))
+        return 0;
+    x->bytes_done = x->len;
     shm_xfer_finish(x, CRUX_SUCCESS);
     return 1;
 }
@@ -239,7 +247,7 @@ int shm_send_step(struct shm_tp *tp, struct shm_peer *p, struct crux_xfer *x)
 
 /* --- receiver --- */
 
-static void copy_nt(unsigned char *dst, const unsigned char *src, size_t n)
+void shm_copy_nt(unsigned char *dst, const unsigned char *src, size_t n)
 {
 #ifdef __SSE2__
     size_t head = (16 - ((uintptr_t)dst & 15)) & 15;
@@ -267,34 +275,45 @@ static void copy_nt(unsigned char *dst, const unsigned char *src, size_t n)
 #endif
 }
 
-/* Land n bytes at offset off of x: a copy, or buf = reduce_src op incoming. */
-static void deliver(struct shm_tp *tp, struct crux_xfer *x, size_t off, const void *src, size_t n)
+/* Land n bytes at dst: a copy (non-temporal when nt), or dst = a op src. */
+static void land(struct shm_tp *tp, unsigned char *dst, const unsigned char *a, const void *src,
+                 size_t n, const struct shm_land *how)
 {
     if (n == 0)
         return;
-    if (x->len >= SHM_NT_MIN && !x->reduce_src) {
-        copy_nt((unsigned char *)x->buf + off, src, n);
-        tp->st.copies++;
-    } else if (x->reduce_src) {
-        crux_reduce((unsigned char *)x->buf + off, (const unsigned char *)x->reduce_src + off, src,
-                    n >> x->tp_priv[1], x->dtype, x->op);
+    if (a) {
+        crux_reduce(dst, a, src, n >> how->shift, how->dtype, how->op);
         tp->st.reduces++;
+    } else if (how->nt) {
+        shm_copy_nt(dst, src, n);
+        tp->st.copies++;
     } else {
-        memcpy((unsigned char *)x->buf + off, src, n);
+        memcpy(dst, src, n);
         tp->st.copies++;
     }
 }
 
-static void deliver_ring(struct shm_tp *tp, struct crux_xfer *x, const struct shm_chan *c,
-                         uint64_t pos, size_t n)
+/* Land n bytes at offset off of x: a copy, or buf = reduce_src op incoming. */
+static void deliver(struct shm_tp *tp, struct crux_xfer *x, size_t off, const void *src, size_t n)
+{
+    struct shm_land how = {x->dtype, x->op, (unsigned)x->tp_priv[1],
+                           x->len >= SHM_NT_MIN && !x->reduce_src};
+    land(tp, (unsigned char *)x->buf + off,
+         x->reduce_src ? (const unsigned char *)x->reduce_src + off : NULL, src, n, &how);
+}
+
+/* Land an eager message of n bytes sitting at ring position pos (may wrap; the
+ * split is a multiple of 64 bytes, so no element is cut). */
+static void land_ring(struct shm_tp *tp, unsigned char *dst, const unsigned char *a,
+                      const struct shm_chan *c, uint64_t pos, size_t n, const struct shm_land *how)
 {
     uint64_t at = pos & (c->data_bytes - 1);
     size_t first = c->data_bytes - at;
     if (n <= first) {
-        deliver(tp, x, 0, c->data + at, n);
-    } else { /* first is a multiple of 64, so no element is split */
-        deliver(tp, x, 0, c->data + at, first);
-        deliver(tp, x, first, c->data, n - first);
+        land(tp, dst, a, c->data + at, n, how);
+    } else {
+        land(tp, dst, a, c->data + at, first, how);
+        land(tp, dst + first, a ? a + first : NULL, c->data, n - first, how);
     }
 }
 
@@ -405,12 +424,8 @@ int shm_recv_step(struct shm_tp *tp, struct shm_peer *p, struct crux_xfer *x)
     if ((uint32_t)ctl != (uint32_t)(p->rx_msgs + 1))
         return 0;
     uint32_t lenf = (uint32_t)(ctl >> 32);
-    struct crux_msg_hdr got = {s->ctx_id, s->tag, s->seq, s->sig, lenf};
-    if (lenf == SHM_STAGED)
-        memcpy(&got.len, s->data, sizeof got.len);
-    if (__builtin_expect(!hdr_equal(&got, &x->hdr), 0)) {
-        log_mismatch(p, &got, &x->hdr);
-        skip_message(tp, p, lenf, got.len);
+    if (__builtin_expect(!shm_hdr_check(p, s, ctl, &x->hdr), 0)) {
+        shm_skip_message(tp, p, s, ctl);
         shm_xfer_finish(x, CRUX_ERR_MISMATCH);
         return 1;
     }
@@ -419,19 +434,47 @@ int shm_recv_step(struct shm_tp *tp, struct shm_peer *p, struct crux_xfer *x)
         p->rx_state = SHM_RX_STAGED;
         return recv_staged_frags(tp, p, x);
     }
-    size_t len = lenf;
+    struct shm_land how = {x->dtype, x->op, (unsigned)x->tp_priv[1], 0};
+    shm_take_eager(tp, p, s, lenf, x->buf, x->reduce_src, &how);
+    STORE_REL(&x->bytes_done, lenf);
+    shm_xfer_finish(x, CRUX_SUCCESS);
+    return 1;
+}
+
+void shm_take_eager(struct shm_tp *tp, struct shm_peer *p, const struct shm_slot *s, size_t len,
+                    void *dst, const void *a, const struct shm_land *how)
+{
     if (len <= SHM_INLINE) {
-        deliver(tp, x, 0, s->data, len);
+        land(tp, dst, a, s->data, len, how);
     } else {
-        deliver_ring(tp, x, &p->rx, p->rx_data, len);
+        land_ring(tp, dst, a, &p->rx, p->rx_data, len, how);
         p->rx_data += ring_bytes(len);
         atomic_store_explicit(&p->rx.credit->data, p->rx_data, memory_order_release);
     }
     consume_slot(p);
     credit_ring(tp, p);
-    STORE_REL(&x->bytes_done, len);
-    shm_xfer_finish(x, CRUX_SUCCESS);
-    return 1;
+}
+
+int shm_hdr_check(struct shm_peer *p, const struct shm_slot *s, uint64_t ctl,
+                  const struct crux_msg_hdr *want)
+{
+    uint32_t lenf = (uint32_t)(ctl >> 32);
+    struct crux_msg_hdr got = {s->ctx_id, s->tag, s->seq, s->sig, lenf};
+    if (lenf == SHM_STAGED)
+        memcpy(&got.len, s->data, sizeof got.len);
+    if (__builtin_expect(hdr_equal(&got, want), 1))
+        return 1;
+    log_mismatch(p, &got, want);
+    return 0;
+}
+
+void shm_skip_message(struct shm_tp *tp, struct shm_peer *p, const struct shm_slot *s, uint64_t ctl)
+{
+    uint32_t lenf = (uint32_t)(ctl >> 32);
+    uint64_t len = lenf;
+    if (lenf == SHM_STAGED)
+        memcpy(&len, s->data, sizeof len);
+    skip_message(tp, p, lenf, len);
 }
 
 /* Work pending for this peer: an arrival for the head receive, or credit/data for

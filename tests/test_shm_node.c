@@ -1,0 +1,104 @@
+/* test_shm_node.c - the node-local mailbox allreduce (algo/shm_node.c) through
+ * crux-run: exact values for every dtype/op around its size edges, in place,
+ * 1..5 and 8 ranks (8 oversubscribe the cores: spin-then-block), its fallback to
+ * queued receives (CRUX_SPIN_US=0), requests on two communicators, mismatches and
+ * a killed peer (rank_prog.c holds the checks). */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "crux.h"
+#include "harness.h"
+
+static void run_mode(int n, const char *mode, const char *mode_arg, char *extra_env)
+{
+    char nbuf[16];
+    snprintf(nbuf, sizeof(nbuf), "%d", n);
+    char *argv[] = { CRUX_RUN_PATH, "-n", nbuf, "--", CRUX_TEST_RANKPROG, (char *)mode,
+                     (char *)mode_arg, NULL };
+    char *env[] = { "CRUX_TRANSPORT=shm", "CRUX_TIMEOUT=60", extra_env, NULL };
+    struct proc_result res;
+    cr_assert_eq(run_proc(argv, env, 300, &res), 0);
+    if (res.status != 0)
+        proc_result_dump(&res);
+    cr_assert_eq(res.status, 0, "%d ranks, %s %s: exit status %d", n, mode,
+                 extra_env ? extra_env : "", res.status);
+    int oks = 0;
+    for (const char *p = res.out; (p = strstr(p, ": OK")); p++)
+        oks++;
+    cr_assert_eq(oks, n, "%d ranks reported OK, want %d", oks, n);
+    cr_assert_eq(shm_leftovers(), 0, "crux segments left in /dev/shm");
+    proc_result_free(&res);
+}
+
+Test(shm_node, edges_1) { run_mode(1, "node", NULL, NULL); }
+Test(shm_node, edges_2) { run_mode(2, "node", NULL, NULL); }
+Test(shm_node, edges_3) { run_mode(3, "node", NULL, NULL); }
+Test(shm_node, edges_4) { run_mode(4, "node", NULL, NULL); }
+Test(shm_node, edges_5) { run_mode(5, "node", NULL, NULL); }
+Test(shm_node, edges_8, .timeout = 600) { run_mode(8, "node", NULL, NULL); }
+/* No spin budget: every receive not already there goes through the queued path. */
+Test(shm_node, fallback_3) { run_mode(3, "node", NULL, "CRUX_SPIN_US=0"); }
+/* Forced: the mailbox path up to the eager limit for any rank count, ring above. */
+Test(shm_node, forced_coll_3) { run_mode(3, "coll", "--quick", "CRUX_ALGO=shm"); }
+Test(shm_node, forced_allreduce_5) { run_mode(5, "allreduce", NULL, "CRUX_ALGO=shm"); }
+/* A bigger mailbox: 64 KiB messages take the node path too. */
+Test(shm_node, eager_64k_2) { run_mode(2, "node", NULL, "CRUX_SHM_EAGER_BYTES=64K"); }
+
+/* Ranks that disagree on count/dtype/op all get CRUX_ERR_MISMATCH (exit 3), never
+ * data: rank 0 differs, and every rank's first receive involves rank 0. */
+static void run_mismatch(int n, const char *what)
+{
+    char nbuf[16];
+    snprintf(nbuf, sizeof(nbuf), "%d", n);
+    char *argv[] = { CRUX_RUN_PATH, "-n", nbuf, "--", CRUX_TEST_RANKPROG, "mismatch", (char *)what, NULL };
+    char *env[] = { "CRUX_TRANSPORT=shm", "CRUX_TIMEOUT=20", NULL };
+    struct proc_result res;
+    cr_assert_eq(run_proc(argv, env, 120, &res), 0);
+    proc_result_dump(&res);
+    cr_assert_eq(res.status, 3, "want CRUX_ERR_MISMATCH (exit 3), got exit %d", res.status);
+    int k = 0;
+    for (const char *p = res.out; (p = strstr(p, crux_error_string(CRUX_ERR_MISMATCH))); p++)
+        k++;
+    cr_assert_eq(k, n, "%d of %d ranks reported the mismatch", k, n);
+    cr_assert(strstr(res.err, "header mismatch from peer rank"), "no log line names the peer");
+    cr_assert_eq(shm_leftovers(), 0);
+    proc_result_free(&res);
+}
+
+Test(shm_node, mismatch_count_3) { run_mismatch(3, "count"); }
+Test(shm_node, mismatch_dtype_3) { run_mismatch(3, "dtype"); }
+Test(shm_node, mismatch_op_4) { run_mismatch(4, "op"); }
+
+/* A SIGKILLed rank: every survivor's call fails within CRUX_TIMEOUT naming it. */
+static void run_kill(int n, int victim, char *extra_env)
+{
+    char nbuf[16], vbuf[16];
+    snprintf(nbuf, sizeof(nbuf), "%d", n);
+    snprintf(vbuf, sizeof(vbuf), "%d", victim);
+    char *argv[] = { CRUX_RUN_PATH, "-n", nbuf, "--grace", "60", "--", CRUX_TEST_RANKPROG, "kill",
+                     vbuf, "300", NULL };
+    char *env[] = { "CRUX_TRANSPORT=shm", "CRUX_TIMEOUT=20", extra_env, NULL };
+    struct proc_result res;
+    cr_assert_eq(run_proc(argv, env, 120, &res), 0);
+    proc_result_dump(&res);
+    cr_assert(!res.timed_out, "the job hung");
+    cr_assert_neq(res.status, 0, "crux-run must fail when a rank is killed");
+    int reports = 0;
+    for (const char *p = res.out; (p = strstr(p, "allreduce after a peer died returned")); p++) {
+        cr_assert(strstr(p, crux_error_string(CRUX_ERR_PEER)) == p + 37 ||
+                      strstr(p, crux_error_string(CRUX_ERR_TIMEOUT)) == p + 37,
+                  "unexpected error: %.80s", p);
+        reports++;
+    }
+    cr_assert_eq(reports, n - 1, "%d of %d survivors reported the failure", reports, n - 1);
+    char want[64];
+    snprintf(want, sizeof(want), "peer rank %d", victim);
+    cr_assert(strstr(res.err, want), "no log line names the dead rank");
+    cr_assert_eq(shm_leftovers(), 0);
+    proc_result_free(&res);
+}
+
+/* Iteration 300 is even: the victim dies before a 16-float (mailbox) call. */
+Test(shm_node, kill_3ranks, .timeout = 180) { run_kill(3, 1, NULL); }
+Test(shm_node, kill_5ranks_oversubscribed, .timeout = 180) { run_kill(5, 4, NULL); }

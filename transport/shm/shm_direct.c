@@ -1,0 +1,124 @@
+/* shm_direct.c - synchronous mailbox sends/receives without transfer queues
+ * (see shm_direct.h). A transfer descriptor on the stack drives the same per-pair
+ * protocol as the queued path (shm_chan.c), limited to what completes in one step:
+ * eager sends, and receives of messages that did not go through staging. */
+#include <string.h>
+
+#include "shm_direct.h"
+#include "shm.h"
+
+static struct shm_peer *direct_peer(struct crux_tp *base, int rank)
+{
+    struct shm_tp *tp = (struct shm_tp *)base;
+    if (rank < 0 || rank >= base->ctx->size || tp->peer_of[rank] < 0)
+        return NULL;
+    return &tp->peers[tp->peer_of[rank]];
+}
+
+int crux_shm_is_shm(const struct crux_tp *tp) { return tp && tp->ops == &crux_tp_shm_ops; }
+
+int crux_shm_direct_ok(struct crux_tp *tp, int peer)
+{
+    struct shm_peer *p = direct_peer(tp, peer);
+    return p && !p->dead && !p->sq_head && !p->rq_head && p->rx_state == SHM_RX_IDLE;
+}
+
+size_t crux_shm_direct_max(struct crux_tp *tp, int peer)
+{
+    struct shm_peer *p = direct_peer(tp, peer);
+    return p ? p->eager_max : 0;
+}
+
+int crux_shm_send_now(struct crux_tp *base, int peer, const struct crux_msg_hdr *hdr,
+                      const void *buf)
+{
+    struct shm_peer *p = direct_peer(base, peer);
+    /* Larger messages stage in fragments over many steps: the queued path's job. */
+    if (hdr->len > p->eager_max || !shm_post_eager((struct shm_tp *)base, p, hdr, buf))
+        return CRUX_INPROGRESS;
+    return CRUX_SUCCESS;
+}
+
+int crux_shm_recv_now(struct crux_tp *base, int peer, const struct crux_msg_hdr *want, void *dst,
+                      const void *a, crux_datatype_t dtype, crux_op_t op)
+{
+    struct shm_tp *tp = (struct shm_tp *)base;
+    struct shm_peer *p = direct_peer(base, peer);
+    const struct shm_slot *s = &p->rx.slots[p->rx_msgs & (p->rx.nslots - 1)];
+    uint64_t ctl = atomic_load_explicit(&s->ctl, memory_order_acquire);
+    if ((uint32_t)ctl != (uint32_t)(p->rx_msgs + 1))
+        return CRUX_INPROGRESS;
+    if (__builtin_expect(!shm_hdr_check(p, s, ctl, want), 0)) {
+        shm_skip_message(tp, p, s, ctl);
+        return CRUX_ERR_MISMATCH;
+    }
+    /* A staged message (the peer's eager limit differs) is for irecv to take. */
+    if ((uint32_t)(ctl >> 32) == SHM_STAGED)
+        return CRUX_INPROGRESS;
+    struct shm_land how = {dtype, op, a ? (unsigned)__builtin_ctzl(crux_datatype_size(dtype)) : 0, 0};
+    shm_take_eager(tp, p, s, want->len, dst, a, &how);
+    return CRUX_SUCCESS;
+}
+
+/* algo/shm_node.c's two-phase order (RS LARGE_LAG=2 chunks ahead, then AG and RS
+ * alternating on one ring) needs 4 slots per direction to never deadlock (checked
+ * by exhaustive simulation of both ranks' interleavings for up to 8 chunks a half). */
+_Static_assert(SHM_STAGE_DEPTH >= 4, "node schedules need >= 4 staging slots");
+
+size_t crux_shm_frag_bytes(struct crux_tp *base, int peer)
+{
+    struct shm_peer *p = direct_peer(base, peer);
+    return p->tx.stage_bytes < p->rx.stage_bytes ? p->tx.stage_bytes : p->rx.stage_bytes;
+}
+
+void *crux_shm_frag_tx(struct crux_tp *base, int peer, size_t *cap)
+{
+    struct shm_peer *p = direct_peer(base, peer);
+    if (p->tx_frags - p->cr_frags >= p->tx.depth) {
+        p->cr_frags = atomic_load_explicit(&p->tx.credit->frags, memory_order_acquire);
+        if (p->tx_frags - p->cr_frags >= p->tx.depth)
+            return NULL;
+    }
+    *cap = p->tx.stage_bytes;
+    return p->tx.stage + (p->tx_frags & (p->tx.depth - 1)) * p->tx.stage_bytes;
+}
+
+void crux_shm_frag_tx_post(struct crux_tp *base, int peer, size_t n)
+{
+    struct shm_tp *tp = (struct shm_tp *)base;
+    struct shm_peer *p = direct_peer(base, peer);
+    uint64_t k = p->tx_frags & (p->tx.depth - 1);
+    p->tx.desc[k].bytes = n;
+    p->tx_frags++;
+    atomic_store_explicit(&p->tx.desc[k].stamp, p->tx_frags, memory_order_release);
+    shm_ring(tp, p);
+    tp->st.st_frags++;
+    tp->st.st_bytes += n;
+}
+
+const void *crux_shm_frag_rx(struct crux_tp *base, int peer, size_t *n)
+{
+    struct shm_peer *p = direct_peer(base, peer);
+    uint64_t k = p->rx_frags & (p->rx.depth - 1);
+    if (atomic_load_explicit(&p->rx.desc[k].stamp, memory_order_acquire) != p->rx_frags + 1)
+        return NULL;
+    *n = p->rx.desc[k].bytes;
+    return p->rx.stage + k * p->rx.stage_bytes;
+}
+
+void crux_shm_frag_rx_done(struct crux_tp *base, int peer)
+{
+    struct shm_tp *tp = (struct shm_tp *)base;
+    struct shm_peer *p = direct_peer(base, peer);
+    p->rx_frags++;
+    atomic_store_explicit(&p->rx.credit->frags, p->rx_frags, memory_order_release);
+    shm_ring(tp, p);
+}
+
+void crux_shm_copy(void *dst, const void *src, size_t n, int nt)
+{
+    if (nt)
+        shm_copy_nt(dst, src, n);
+    else if (n)
+        memcpy(dst, src, n);
+}

@@ -11,6 +11,7 @@
 #include "crux.h"
 #include "lib/log.h"
 #include "qsgd.h"
+#include "pool.h"
 
 /* Kernel bodies are always inlined into one wrapper per ISA (bottom of the file). */
 #define BODY static inline __attribute__((always_inline))
@@ -278,18 +279,16 @@ int crux_qsgd_force_isa(const char *isa)
     return 0;
 }
 
-size_t crux_qsgd_encode(const struct crux_qsgd *q, const float *x, size_t n, uint64_t base,
-                        uint32_t key, uint8_t *out)
+/* Buckets [b0, b1) of the encoding of x[0..n): their scales at out[4*b], their codes from
+ * codes (the byte where bucket b0's codes start). key already folds the base's high half. */
+static void encode_buckets(const struct crux_qsgd *q, const float *x, size_t n, uint64_t base,
+                           uint32_t key, size_t b0, size_t b1, uint8_t *out, uint8_t *codes)
 {
     const int bits = crux_qsgd_code_bits(q->levels);
     const size_t bucket = (size_t)q->bucket;
-    const size_t nb = (n + bucket - 1) / bucket;
-    uint8_t *codes = out + nb * sizeof(float);
     const struct qsgd_kernels *kern = active();
     uint8_t c[BLOCK];
-    /* The hash takes 32-bit positions: fold the high half of the base into the key. */
-    key ^= mix32((uint32_t)(base >> 32) ^ 0x51ed2701u);
-    for (size_t b = 0; b < nb; b++) {
+    for (size_t b = b0; b < b1; b++) {
         const size_t off = b * bucket, m = n - off < bucket ? n - off : bucket;
         float scale = kern->scale(x + off, m, q->norm);
         float inv = bucket_inv(scale, q->levels);
@@ -302,7 +301,53 @@ size_t crux_qsgd_encode(const struct crux_qsgd *q, const float *x, size_t n, uin
             codes += code_bytes(bits, mb);
         }
     }
-    return (size_t)(codes - out);
+}
+
+/* The hash takes 32-bit positions: fold the high half of the base into the key. */
+static uint32_t stream_key(uint32_t key, uint64_t base)
+{
+    return key ^ mix32((uint32_t)(base >> 32) ^ 0x51ed2701u);
+}
+
+size_t crux_qsgd_encode(const struct crux_qsgd *q, const float *x, size_t n, uint64_t base,
+                        uint32_t key, uint8_t *out)
+{
+    const size_t nb = (n + (size_t)q->bucket - 1) / (size_t)q->bucket;
+    encode_buckets(q, x, n, base, stream_key(key, base), 0, nb, out, out + nb * sizeof(float));
+    return crux_qsgd_encoded_bytes(q, n);
+}
+
+struct encode_job {
+    const struct crux_qsgd *q;
+    const float *x;
+    size_t n, nb;
+    uint64_t base;
+    uint32_t key;
+    uint8_t *out;
+};
+
+/* Part of the buckets; every bucket but the last holds a multiple of 8 codes, so a part's
+ * codes start at a whole byte: (first element * bits) / 8. */
+static void encode_part(void *arg, int part, int nparts)
+{
+    const struct encode_job *j = arg;
+    size_t b0, b1;
+    crux_pool_range(j->nb, 1, part, nparts, &b0, &b1);
+    if (b0 == b1)
+        return;
+    size_t first = b0 * (size_t)j->q->bucket;
+    uint8_t *codes = j->out + j->nb * sizeof(float) +
+                     first * (size_t)crux_qsgd_code_bits(j->q->levels) / 8;
+    encode_buckets(j->q, j->x, j->n, j->base, j->key, b0, b1, j->out, codes);
+}
+
+size_t crux_qsgd_encode_pool(struct crux_pool *pool, const struct crux_qsgd *q, const float *x,
+                             size_t n, uint64_t base, uint32_t key, uint8_t *out)
+{
+    struct encode_job j = {q, x, n, (n + (size_t)q->bucket - 1) / (size_t)q->bucket, base,
+                           stream_key(key, base), out};
+    crux_pool_run(j.nb >= 64 ? pool : NULL, encode_part, &j);
+    return crux_qsgd_encoded_bytes(q, n);
 }
 
 int crux_qsgd_validate(const struct crux_qsgd *q, const uint8_t *in, size_t len, size_t n)

@@ -133,13 +133,31 @@ Test(fused, same_as_unfused_avx2, .timeout = 60) { fused_vs_unfused_on("avx2"); 
 Test(fused, same_as_unfused_avx512, .timeout = 60) { fused_vs_unfused_on("avx512"); }
 
 /* The fused compaction kernels directly: same survivors as the unfused scalar kernel on
- * mem + grad, acc complete even on overflow, tails of every length, in place too. */
+ * mem + grad, acc complete even on overflow, tails of every length, in place too; with
+ * zero set, exactly the recorded survivors (the first cap on overflow) are stored as +0. */
+typedef size_t (*compact_acc_fn)(float *, const float *, const float *, size_t, uint32_t,
+                                 uint32_t *, float *, size_t, int);
+
+static void expect_acc(const float *a, const float *ref, size_t n, const uint32_t *rec, size_t nrec,
+                       int zero, const char *what, size_t cap)
+{
+    size_t r = 0;
+    for (size_t i = 0; i < n; i++) {
+        int z = zero && r < nrec && rec[r] == i;
+        r += r < nrec && rec[r] == i;
+        uint32_t got, want;
+        float w = z ? 0.0f : ref[i];
+        memcpy(&got, &a[i], 4);
+        memcpy(&want, &w, 4);
+        cr_assert_eq(got, want, "%s: acc[%zu] (n=%zu cap=%zu zero=%d)", what, i, n, cap, zero);
+    }
+}
+
 static void compact_acc_matches(const char *isa)
 {
     use_isa(isa);
-    size_t (*fn)(float *, const float *, const float *, size_t, uint32_t, uint32_t *, float *, size_t) =
-        !strcmp(isa, "avx512") ? codec_compact_acc_avx512
-        : !strcmp(isa, "avx2") ? codec_compact_acc_avx2 : codec_compact_acc_scalar;
+    compact_acc_fn fn = !strcmp(isa, "avx512") ? codec_compact_acc_avx512
+                        : !strcmp(isa, "avx2") ? codec_compact_acc_avx2 : codec_compact_acc_scalar;
     enum { N = 300 };
     float m[N], g[N], a[N], ref[N], inplace[N];
     uint32_t i1[N + 1], i2[N + 1];
@@ -151,28 +169,26 @@ static void compact_acc_matches(const char *isa)
     for (size_t i = 0; i < N; i++)
         ref[i] = m[i] + g[i];
     const uint32_t thrs[] = {0, 0x3f800000u /* 1.0 */, 0x40e00000u /* 7.0 */, 0x7f800000u, 0x7f800001u};
-    for (size_t n = 0; n <= N; n++)
-        for (size_t t = 0; t < sizeof thrs / sizeof thrs[0]; t++) {
-            size_t want = codec_compact_scalar(ref, n, thrs[t], i1, v1, N);
-            for (size_t cap = want > 3 ? want - 3 : 0; cap <= want + 70 && cap <= N; cap++) {
-                memset(a, 0xa5, sizeof a);
-                size_t got = fn(a, m, g, n, thrs[t], i2, v2, cap);
-                cr_assert_eq(memcmp(a, ref, n * 4), 0, "n=%zu thr=%x cap=%zu: acc", n, thrs[t], cap);
-                if (want > cap) {
-                    cr_assert_eq(got, cap + 1, "n=%zu thr=%x cap=%zu", n, thrs[t], cap);
-                    continue;
+    for (int zero = 0; zero < 2; zero++)
+        for (size_t n = 0; n <= N; n++)
+            for (size_t t = 0; t < sizeof thrs / sizeof thrs[0]; t++) {
+                size_t want = codec_compact_scalar(ref, n, thrs[t], i1, v1, N);
+                for (size_t cap = want > 3 ? want - 3 : 0; cap <= want + 70 && cap <= N; cap++) {
+                    memset(a, 0xa5, sizeof a);
+                    size_t got = fn(a, m, g, n, thrs[t], i2, v2, cap, zero);
+                    size_t rec = want > cap ? cap : want;
+                    cr_assert_eq(got, want > cap ? cap + 1 : want, "n=%zu thr=%x cap=%zu", n, thrs[t], cap);
+                    cr_assert_eq(memcmp(i1, i2, rec * 4), 0, "n=%zu cap=%zu: recorded indices", n, cap);
+                    cr_assert_eq(memcmp(v1, v2, rec * 4), 0, "n=%zu cap=%zu: recorded values", n, cap);
+                    expect_acc(a, ref, n, i1, rec, zero, isa, cap);
                 }
-                cr_assert_eq(got, want, "n=%zu thr=%x cap=%zu", n, thrs[t], cap);
-                cr_assert_eq(memcmp(i1, i2, got * 4), 0);
-                cr_assert_eq(memcmp(v1, v2, got * 4), 0);
+                for (size_t cap = want > 40 ? want - 40 : 0; cap <= want; cap++) { /* in place */
+                    memcpy(inplace, m, sizeof inplace);
+                    size_t got = fn(inplace, inplace, g, n, thrs[t], i2, v2, cap, zero);
+                    cr_assert_eq(got, want > cap ? cap + 1 : want);
+                    expect_acc(inplace, ref, n, i1, want > cap ? cap : want, zero, "in place", cap);
+                }
             }
-            for (size_t cap = want > 40 ? want - 40 : 0; cap <= want; cap++) { /* in place */
-                memcpy(inplace, m, sizeof inplace);
-                size_t got = fn(inplace, inplace, g, n, thrs[t], i2, v2, cap);
-                cr_assert_eq(got, want > cap ? cap + 1 : want);
-                cr_assert_eq(memcmp(inplace, ref, n * 4), 0, "n=%zu cap=%zu: in place", n, cap);
-            }
-        }
 }
 
 Test(compact_acc, scalar_matches_unfused) { compact_acc_matches("scalar"); }

@@ -154,7 +154,32 @@ Test(pool, topk_and_fused_topk_bit_identical_to_one_thread, .timeout = 60)
             cr_assert_eq(memcmp(i1, i2, c1 * 4), 0, "n=%zu k=%zu: fused indices", n, k);
             cr_assert_eq(memcmp(v1, v2, c1 * 4), 0, "n=%zu k=%zu: fused values", n, k);
             cr_assert_eq(memcmp(a1, a2, n * 4), 0, "n=%zu k=%zu: accumulator", n, k);
+            memcpy(a1, m, n * 4);
+            memcpy(a2, m, n * 4);
+            c1 = crux_topk_ef(a1, g, n, k, 5, w1, i1, v1);
+            c2 = crux_topk_ef(a2, g, n, k, 5, w2, i2, v2);
+            cr_assert_eq(c1, c2, "n=%zu k=%zu", n, k);
+            cr_assert_eq(memcmp(i1, i2, c1 * 4), 0, "n=%zu k=%zu: EF indices", n, k);
+            cr_assert_eq(memcmp(a1, a2, n * 4), 0, "n=%zu k=%zu: EF memory", n, k);
         }
+    /* survivors overflow a small workspace under the pool: zeroed survivors restored */
+    struct crux_topk_ws *s1, *s2;
+    cr_assert_eq(crux_topk_ws_create(N, 100, &s1), CRUX_SUCCESS);
+    cr_assert_eq(crux_topk_ws_create(N, 100, &s2), CRUX_SUCCESS);
+    cr_assert_eq(crux_topk_ws_use_pool(s2, p), CRUX_SUCCESS);
+    for (size_t i = 0; i < N; i++)
+        a1[i] = (float)(int)(i % 7), a2[i] = a1[i]; /* ties everywhere */
+    float *zeros = calloc(N, 4);
+    cr_assert(zeros);
+    size_t e1 = crux_topk_ef(a1, zeros, N, 90, 1, s1, i1, v1);
+    size_t e2 = crux_topk_ef(a2, zeros, N, 90, 1, s2, i2, v2);
+    free(zeros);
+    cr_assert_eq(codec_topk_last_path(s2), CODEC_TOPK_FALLBACK);
+    cr_assert_eq(e1, e2);
+    cr_assert_eq(memcmp(i1, i2, e1 * 4), 0);
+    cr_assert_eq(memcmp(a1, a2, N * 4), 0, "overflowed EF memory");
+    crux_topk_ws_free(s1);
+    crux_topk_ws_free(s2);
     /* the retry path under the pool */
     codec_topk_set_margin(w1, -4.0);
     codec_topk_set_margin(w2, -4.0);

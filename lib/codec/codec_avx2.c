@@ -58,7 +58,7 @@ T256 size_t codec_compact_avx2(const float *x, size_t n, uint32_t thr, uint32_t 
 
 /* codec_compact_avx2 on acc = mem + grad, storing acc as it goes (codec_isa.h). */
 T256 size_t codec_compact_acc_avx2(float *acc, const float *mem, const float *grad, size_t n,
-                                   uint32_t thr, uint32_t *idx, float *val, size_t cap)
+                                   uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero)
 {
     const __m256i absmask = _mm256_set1_epi32(0x7fffffff);
     const __m256i below = _mm256_set1_epi32((int)thr - 1);
@@ -70,8 +70,9 @@ T256 size_t codec_compact_acc_avx2(float *acc, const float *mem, const float *gr
         __m256i g[4];
         for (int q = 0; q < 4; q++) {
             v[q] = _mm256_add_ps(_mm256_loadu_ps(mem + i + 8 * q), _mm256_loadu_ps(grad + i + 8 * q));
-            _mm256_storeu_ps(acc + i + 8 * q, v[q]);
             g[q] = _mm256_cmpgt_epi32(_mm256_and_si256(_mm256_castps_si256(v[q]), absmask), below);
+            __m256 keep = zero ? _mm256_andnot_ps(_mm256_castsi256_ps(g[q]), v[q]) : v[q];
+            _mm256_storeu_ps(acc + i + 8 * q, keep);
         }
         __m256i any = _mm256_or_si256(_mm256_or_si256(g[0], g[1]), _mm256_or_si256(g[2], g[3]));
         if (_mm256_testz_si256(any, any)) {
@@ -88,12 +89,11 @@ T256 size_t codec_compact_acc_avx2(float *acc, const float *mem, const float *gr
         }
     }
     size_t rest = codec_compact_acc_scalar(acc + i, mem + i, grad + i, n - i, thr, idx + cnt,
-                                           val + cnt, cap - cnt);
-    if (rest > cap - cnt)
-        return cap + 1;
-    for (size_t j = cnt; j < cnt + rest; j++)
+                                           val + cnt, cap - cnt, zero);
+    size_t rec = rest > cap - cnt ? cap - cnt : rest; /* on overflow: cap recorded in all */
+    for (size_t j = cnt; j < cnt + rec; j++)
         idx[j] += (uint32_t)i;
-    return cnt + rest;
+    return rest > cap - cnt ? cap + 1 : cnt + rest;
 }
 
 /* a*i + b mod 2^64 for the four 32-bit i in the low halves of the 64-bit lanes of iv

@@ -49,7 +49,8 @@ T512 size_t codec_compact_avx512(const float *x, size_t n, uint32_t thr, uint32_
 /* The same loop as codec_compact_avx512 on acc = mem + grad, storing acc as it goes:
  * one read-2-write-1 pass instead of an accumulate pass plus a compaction pass. */
 T512 size_t codec_compact_acc_avx512(float *acc, const float *mem, const float *grad, size_t n,
-                                     uint32_t thr, uint32_t *idx, float *val, size_t cap)
+                                     uint32_t thr, uint32_t *idx, float *val, size_t cap,
+                                     int zero)
 {
     const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
     const __m512i t = _mm512_set1_epi32((int)thr);
@@ -61,8 +62,8 @@ T512 size_t codec_compact_acc_avx512(float *acc, const float *mem, const float *
         __mmask16 m[4];
         for (int q = 0; q < 4; q++) {
             v[q] = _mm512_add_ps(_mm512_loadu_ps(mem + i + 16 * q), _mm512_loadu_ps(grad + i + 16 * q));
-            _mm512_storeu_ps(acc + i + 16 * q, v[q]);
             m[q] = _mm512_cmpge_epi32_mask(_mm512_and_si512(_mm512_castps_si512(v[q]), absmask), t);
+            _mm512_storeu_ps(acc + i + 16 * q, _mm512_maskz_mov_ps(zero ? (__mmask16)~m[q] : 0xffff, v[q]));
         }
         if (!(m[0] | m[1] | m[2] | m[3])) {
             iv = _mm512_add_epi32(iv, _mm512_set1_epi32(64));
@@ -76,12 +77,11 @@ T512 size_t codec_compact_acc_avx512(float *acc, const float *mem, const float *
         }
     }
     size_t rest = codec_compact_acc_scalar(acc + i, mem + i, grad + i, n - i, thr, idx + cnt,
-                                           val + cnt, cap - cnt);
-    if (rest > cap - cnt)
-        return cap + 1;
-    for (size_t j = cnt; j < cnt + rest; j++)
+                                           val + cnt, cap - cnt, zero);
+    size_t rec = rest > cap - cnt ? cap - cnt : rest; /* on overflow: cap recorded in all */
+    for (size_t j = cnt; j < cnt + rec; j++)
         idx[j] += (uint32_t)i;
-    return cnt + rest;
+    return rest > cap - cnt ? cap + 1 : cnt + rest;
 }
 
 T512 void codec_hash_avx512(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,

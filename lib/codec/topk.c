@@ -112,37 +112,40 @@ size_t codec_compact_scalar(const float *x, size_t n, uint32_t thr, uint32_t *id
 }
 
 size_t codec_compact_acc_scalar(float *acc, const float *mem, const float *grad, size_t n,
-                                uint32_t thr, uint32_t *idx, float *val, size_t cap)
+                                uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero)
 {
     size_t cnt = 0, i = 0;
     for (; i < n; i++) {
         float a = mem[i] + grad[i];
-        acc[i] = a;
         if (key_of(a) >= thr) {
             if (cnt == cap)
                 break;
             idx[cnt] = (uint32_t)i;
             val[cnt] = a;
             cnt++;
+            acc[i] = zero ? 0.0f : a;
+        } else {
+            acc[i] = a;
         }
     }
     if (i == n)
         return cnt;
-    /* over capacity: the caller falls back, but acc must be complete (acc[i] is done) */
-    for (i++; i < n; i++)
+    /* over capacity: the caller falls back, but acc must be complete (and only the
+     * recorded survivors zeroed) */
+    for (; i < n; i++)
         acc[i] = mem[i] + grad[i];
     return cap + 1;
 }
 
 static size_t compact_acc(float *acc, const float *mem, const float *grad, size_t n, uint32_t thr,
-                          uint32_t *idx, float *val, size_t cap)
+                          uint32_t *idx, float *val, size_t cap, int zero)
 {
     switch (crux_codec_active_isa()) {
 #ifdef CODEC_X86
-    case CODEC_ISA_AVX512: return codec_compact_acc_avx512(acc, mem, grad, n, thr, idx, val, cap);
-    case CODEC_ISA_AVX2: return codec_compact_acc_avx2(acc, mem, grad, n, thr, idx, val, cap);
+    case CODEC_ISA_AVX512: return codec_compact_acc_avx512(acc, mem, grad, n, thr, idx, val, cap, zero);
+    case CODEC_ISA_AVX2: return codec_compact_acc_avx2(acc, mem, grad, n, thr, idx, val, cap, zero);
 #endif
-    default: return codec_compact_acc_scalar(acc, mem, grad, n, thr, idx, val, cap);
+    default: return codec_compact_acc_scalar(acc, mem, grad, n, thr, idx, val, cap, zero);
     }
 }
 
@@ -410,6 +413,8 @@ struct survivor_pass {
     const float *mem, *grad;
     size_t n;
     uint32_t thr;
+    int zero;          /* this (fused) pass stores survivors as 0 in acc */
+    int ef;            /* crux_topk_ef: the selected entries end as 0 in acc */
     struct crux_topk_ws *ws;
     size_t got[CRUX_POOL_MAX];
 };
@@ -423,7 +428,8 @@ static void survivor_part(void *arg, int part, int nparts)
     uint32_t *idx = ws->cidx + (size_t)part * ws->stride;
     float *val = ws->cval + (size_t)part * ws->stride;
     if (sp->acc)
-        c = compact_acc(sp->acc + lo, sp->mem + lo, sp->grad + lo, hi - lo, sp->thr, idx, val, ws->cap);
+        c = compact_acc(sp->acc + lo, sp->mem + lo, sp->grad + lo, hi - lo, sp->thr, idx, val,
+                        ws->cap, sp->zero);
     else
         c = compact(sp->x + lo, hi - lo, sp->thr, idx, val, ws->cap);
     if (c <= ws->cap && lo)
@@ -432,7 +438,15 @@ static void survivor_part(void *arg, int part, int nparts)
     sp->got[part] = c;
 }
 
-/* Survivor count in ws->cidx/cval[0..m), or cap + 1 when more than cap qualified. */
+/* Put the values of zeroed survivors back: acc[idx[j]] = val[j] (idx relative to lo). */
+static void restore(float *acc, size_t lo, const uint32_t *idx, const float *val, size_t m)
+{
+    for (size_t j = 0; j < m; j++)
+        acc[lo + idx[j]] = val[j];
+}
+
+/* Survivor count in ws->cidx/cval[0..m), or cap + 1 when more than cap qualified (then
+ * any survivors a zeroing pass stored as 0 are restored first: acc is whole again). */
 static size_t run_survivor_pass(struct survivor_pass *sp)
 {
     struct crux_topk_ws *ws = sp->ws;
@@ -442,9 +456,24 @@ static size_t run_survivor_pass(struct survivor_pass *sp)
         pool = NULL, nparts = 1;
     crux_pool_run(pool, survivor_part, sp);
     size_t m = 0;
+    int over = 0;
+    for (int p = 0; p < nparts; p++)
+        over |= sp->got[p] > ws->cap || (m += sp->got[p]) > ws->cap;
+    if (over) {
+        for (int p = 0; sp->zero && p < nparts; p++) { /* part p recorded min(got, cap), 0-based */
+            size_t lo, hi, rec = sp->got[p] > ws->cap ? ws->cap : sp->got[p];
+            crux_pool_range(sp->n, PART_ALIGN, p, nparts, &lo, &hi);
+            if (sp->got[p] > ws->cap) /* indices were not rebased */
+                restore(sp->acc, lo, ws->cidx + (size_t)p * ws->stride,
+                        ws->cval + (size_t)p * ws->stride, rec);
+            else
+                restore(sp->acc, 0, ws->cidx + (size_t)p * ws->stride,
+                        ws->cval + (size_t)p * ws->stride, rec);
+        }
+        return ws->cap + 1;
+    }
+    m = 0;
     for (int p = 0; p < nparts; p++) {
-        if (sp->got[p] > ws->cap || m + sp->got[p] > ws->cap)
-            return ws->cap + 1;
         if (p) { /* regions move down only: m <= p * cap < p * stride */
             memmove(ws->cidx + m, ws->cidx + (size_t)p * ws->stride, sp->got[p] * sizeof *ws->cidx);
             memmove(ws->cval + m, ws->cval + (size_t)p * ws->stride, sp->got[p] * sizeof *ws->cval);
@@ -454,8 +483,22 @@ static size_t run_survivor_pass(struct survivor_pass *sp)
     return m;
 }
 
+/* After a zeroing pass selected out[0..k) from the survivors cidx[0..m) (both ascending):
+ * give the survivors that were not selected their values back. */
+static void restore_unselected(float *acc, const uint32_t *cidx, const float *cval, size_t m,
+                               const uint32_t *out, size_t k)
+{
+    size_t o = 0;
+    for (size_t j = 0; j < m; j++) {
+        if (o < k && out[o] == cidx[j])
+            o++;
+        else
+            acc[cidx[j]] = cval[j];
+    }
+}
+
 /* The sampled path: threshold from the sample, survivor pass, exact-k fix-up. The first
- * pass is sp as given (maybe fused); retries and the fallback read sp->x. */
+ * pass is sp as given (maybe fused, maybe zeroing); retries and the fallback read acc. */
 static size_t topk_sampled(struct survivor_pass *sp, size_t k, uint64_t seed, uint32_t *idx,
                            float *val)
 {
@@ -463,28 +506,40 @@ static size_t topk_sampled(struct survivor_pass *sp, size_t k, uint64_t seed, ui
     size_t n = sp->n;
     size_t s = take_sample(sp->acc ? sp->mem : sp->x, sp->acc ? sp->grad : NULL, n, seed,
                            ws->sample, sample_size(n));
+    float *acc = sp->acc;
     double z = ws->margin_z;
-    int attempt = 0;
-    for (; attempt < 3; attempt++, z += 6.0) {
+    for (int attempt = 0; attempt < 3; attempt++, z += 6.0) {
         size_t rank = sample_rank(k, n, s, z), greater;
         uint32_t thr = kth_largest_key(ws->sample, s, rank, &greater, NULL, 0);
         sp->thr = thr;
         size_t m = run_survivor_pass(sp);
+        int zeroed = sp->zero && m <= ws->cap;
         if (sp->acc) { /* acc now holds mem + grad: later passes read it */
             sp->x = sp->acc;
             sp->acc = NULL;
+            sp->zero = 0;
         }
         if (m > ws->cap)
             break;
         if (m >= k) {
             ws->last_path = attempt == 0 ? CODEC_TOPK_SAMPLED : CODEC_TOPK_RETRIED;
-            return select_exact(ws->cidx, ws->cval, m, k, ws->ckey, ws->cap + 1, idx, val);
+            size_t got = select_exact(ws->cidx, ws->cval, m, k, ws->ckey, ws->cap + 1, idx, val);
+            if (zeroed)
+                restore_unselected(acc, ws->cidx, ws->cval, m, idx, got);
+            else if (sp->ef)
+                crux_zero_at(acc, idx, got);
+            return got;
         }
+        if (zeroed)
+            restore(acc, 0, ws->cidx, ws->cval, m);
         if (rank == s) /* already kept everything the sample allows */
             break;
     }
     ws->last_path = CODEC_TOPK_FALLBACK;
-    return select_exact(NULL, sp->x, n, k, NULL, 0, idx, val);
+    size_t got = select_exact(NULL, sp->x, n, k, NULL, 0, idx, val);
+    if (sp->ef)
+        crux_zero_at(acc, idx, got);
+    return got;
 }
 
 /* Paths that skip sampling: nothing to select, everything, or no usable workspace. */
@@ -532,9 +587,19 @@ size_t crux_topk_acc(float *acc, const float *mem, const float *grad, size_t n, 
 size_t crux_topk_ef(float *mem, const float *grad, size_t n, size_t k, uint64_t seed,
                     struct crux_topk_ws *ws, uint32_t *idx, float *val)
 {
-    size_t got = crux_topk_acc(mem, mem, grad, n, k, seed, ws, idx, val);
-    crux_zero_at(mem, idx, got);
-    return got;
+    if (k > n)
+        k = n;
+    if (topk_trivial(n, k, ws)) {
+        crux_mem_accumulate(mem, mem, grad, n);
+        size_t got = topk_direct(mem, n, k, ws, idx, val);
+        crux_zero_at(mem, idx, got);
+        return got;
+    }
+    /* Survivors are stored as 0 during the pass; afterwards only the ~0.2-0.5 k that were
+     * not selected get their value back: fewer random stores than zeroing k entries. */
+    struct survivor_pass sp = {.acc = mem, .mem = mem, .grad = grad, .n = n, .ws = ws,
+                               .zero = 1, .ef = 1};
+    return topk_sampled(&sp, k, seed, idx, val);
 }
 
 size_t crux_topk_sparse(const uint32_t *cand_idx, const float *cand_val, size_t m, size_t k,

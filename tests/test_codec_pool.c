@@ -242,3 +242,25 @@ static void compressor_threads_agree(crux_codec_t codec, crux_memory_t memory)
 Test(pool_compressor, cltk_residual, .timeout = 60) { compressor_threads_agree(CRUX_CODEC_CLTK, CRUX_MEMORY_RESIDUAL); }
 Test(pool_compressor, gtopk_residual, .timeout = 60) { compressor_threads_agree(CRUX_CODEC_GTOPK, CRUX_MEMORY_RESIDUAL); }
 Test(pool_compressor, qsgd_residual, .timeout = 60) { compressor_threads_agree(CRUX_CODEC_QSGD, CRUX_MEMORY_RESIDUAL); }
+Test(pool_compressor, sketch_residual, .timeout = 60) { compressor_threads_agree(CRUX_CODEC_SKETCH, CRUX_MEMORY_RESIDUAL); }
+
+Test(pool, sketch_rows_split_bit_identical, .timeout = 60)
+{
+    struct crux_pool *p = pool_of(2);
+    const size_t N = 300007;
+    float *x = malloc(N * 4);
+    cr_assert(x);
+    fill_heavy(x, N, 5);
+    for (int rows = 1; rows <= 5; rows += 2) {
+        struct crux_sketch a, b;
+        cr_assert_eq(crux_sketch_init(&a, rows, 5003, 9), CRUX_SUCCESS);
+        cr_assert_eq(crux_sketch_init(&b, rows, 5003, 9), CRUX_SUCCESS);
+        crux_sketch_accumulate(&a, x, N, 1000);
+        crux_sketch_accumulate_pool(p, &b, x, N, 1000);
+        cr_assert_eq(memcmp(a.table, b.table, (size_t)rows * 5003 * 4), 0, "rows %d", rows);
+        crux_sketch_free(&a);
+        crux_sketch_free(&b);
+    }
+    crux_pool_free(p);
+    free(x);
+}

@@ -41,7 +41,8 @@ static int cpu_can_run(int isa)
     __builtin_cpu_init();
     if (isa == CODEC_ISA_AVX512)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("bmi2"); /* the fix-up sweep uses pdep */
     if (isa == CODEC_ISA_AVX2)
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
 #endif
@@ -252,6 +253,10 @@ static size_t select_exact(const uint32_t *in_idx, const float *in_val, size_t m
 {
     size_t greater;
     uint32_t t = kth_largest_key(in_val, m, k, &greater, scratch, scratch_cap);
+#ifdef CODEC_X86
+    if (in_idx && crux_codec_active_isa() == CODEC_ISA_AVX512)
+        return codec_sweep_avx512(in_idx, in_val, m, t, k - greater, out_idx, out_val);
+#endif
     return sweep_keep(in_idx, in_val, m, t, k - greater, out_idx, out_val);
 }
 

@@ -228,11 +228,23 @@ Test(sweep, avx512_matches_reference)
                 }
                 uint32_t *oi = malloc((w ? w : 1) * 4);
                 float *ov = malloc((w ? w : 1) * 4);
-                cr_assert_eq(codec_sweep_avx512(ix, v, m, ts[a], ties, oi, ov), w);
+                cr_assert_eq(codec_sweep_avx512(ix, v, m, ts[a], ties, oi, ov, NULL), w);
                 cr_assert_eq(memcmp(oi, want_i, w * 4), 0, "m=%zu t=%x ties=%zu", m, ts[a], ties);
                 cr_assert_eq(memcmp(ov, want_v, w * 4), 0, "m=%zu t=%x ties=%zu", m, ts[a], ties);
-                cr_assert_eq(codec_sweep_avx512(ix, v, m, ts[a], ties, oi, NULL), w);
+                /* with restore: the entries not kept land at their indices, nothing else */
+                float back[3 * M + 2];
+                memset(back, 0xa5, sizeof back);
+                cr_assert_eq(codec_sweep_avx512(ix, v, m, ts[a], ties, oi, NULL, back), w);
                 cr_assert_eq(memcmp(oi, want_i, w * 4), 0);
+                for (size_t j = 0, kk = 0; j < m; j++) {
+                    int kept = kk < w && want_i[kk] == ix[j];
+                    kk += kept;
+                    uint32_t got_b, want_b = kept ? 0xa5a5a5a5u : 0;
+                    if (!kept)
+                        memcpy(&want_b, &v[j], 4);
+                    memcpy(&got_b, &back[ix[j]], 4);
+                    cr_assert_eq(got_b, want_b, "m=%zu t=%x ties=%zu j=%zu: restore", m, ts[a], ties, j);
+                }
                 free(oi);
                 free(ov);
             }

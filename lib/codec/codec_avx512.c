@@ -86,7 +86,7 @@ T512 size_t codec_compact_acc_avx512(float *acc, const float *mem, const float *
 }
 
 T512 size_t codec_sweep_avx512(const uint32_t *in_idx, const float *in_val, size_t m, uint32_t t,
-                               size_t ties, uint32_t *out_idx, float *out_val)
+                               size_t ties, uint32_t *out_idx, float *out_val, float *restore)
 {
     const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
     const __m512i nankey = _mm512_set1_epi32(0x7f800001);
@@ -105,11 +105,20 @@ T512 size_t codec_sweep_avx512(const uint32_t *in_idx, const float *in_val, size
             keep |= (__mmask16)e;
         }
         __mmask16 low = (__mmask16)((1u << __builtin_popcount(keep)) - 1);
+        __m512i iv = _mm512_loadu_si512(in_idx + j);
+        __mmask16 back = (__mmask16)(keep ^ 0xffffu);
+        if (restore && back) { /* 64-bit indices: n may exceed 2^31 */
+            _mm512_mask_i64scatter_ps(restore, (__mmask8)back,
+                                      _mm512_cvtepu32_epi64(_mm512_castsi512_si256(iv)),
+                                      _mm512_castps512_ps256(v), 4);
+            _mm512_mask_i64scatter_ps(restore, (__mmask8)(back >> 8),
+                                      _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(iv, 1)),
+                                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)), 4);
+        }
         if (out_val)
             _mm512_mask_storeu_ps(out_val + o, low, _mm512_maskz_compress_ps(keep, v));
         if (out_idx)
-            _mm512_mask_storeu_epi32(out_idx + o, low,
-                                     _mm512_maskz_compress_epi32(keep, _mm512_loadu_si512(in_idx + j)));
+            _mm512_mask_storeu_epi32(out_idx + o, low, _mm512_maskz_compress_epi32(keep, iv));
         o += (size_t)__builtin_popcount(keep);
     }
     for (; j < m; j++) {
@@ -125,6 +134,8 @@ T512 size_t codec_sweep_avx512(const uint32_t *in_idx, const float *in_val, size
             if (out_val)
                 out_val[o] = vv;
             o++;
+        } else if (restore) {
+            restore[in_idx[j]] = in_val[j];
         }
     }
     return o;

@@ -8,6 +8,7 @@
 
 #include "algo/algo.h"
 #include "compress.h"
+#include "codec/pool.h"
 
 #define CX_TAG_HEAD 0x5100u
 #define CX_TAG_TAIL 0x5101u
@@ -179,6 +180,10 @@ static int cx_alloc_all(struct crux_compressor *c)
                    c->chunk_len, cm);
         return CRUX_ERR_NOMEM;
     }
+    /* Encode workers: top-k survivor passes split over the rank's cores (bit-identical). */
+    if ((rc = crux_pool_create(c->comm->ctx->cfg.encode_threads, &c->pool)) != CRUX_SUCCESS ||
+        (rc = crux_topk_ws_use_pool(c->ws, c->pool)) != CRUX_SUCCESS)
+        return rc;
     size_t vals_bytes = 4 * km;
     if (c->cfg.codec == CRUX_CODEC_GTOPK) {
         if (!(c->lidx = cx_alloc(nch * km * 4, "local indices", &rc)) ||
@@ -237,6 +242,7 @@ int crux_compressor_free(crux_compressor_t *pc)
     }
     if (c->ws)
         crux_topk_ws_free(c->ws);
+    crux_pool_free(c->pool);
     if (c->acc != c->mem)
         free(c->acc);
     free(c->mom), free(c->mem), free(c->idx), free(c->val), free(c->nk), free(c->sent);

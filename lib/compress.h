@@ -63,6 +63,7 @@ struct crux_compressor {
     float *tval;
     uint32_t *sent;             /* [cand_max] scratch: indices to clear in memory */
     struct crux_topk_ws *ws;
+    struct crux_pool *pool;     /* encode workers (lib/codec/pool.h), CRUX_ENCODE_THREADS */
     struct crux_sketch *sk;     /* [nchunks] (SKETCH) */
     float *est;                 /* [chunk_len] sketch estimates */
     uint8_t *stepbuf;           /* [CX_FIFO * stepcap] encoded messages */

@@ -137,7 +137,7 @@ typedef enum {
     CRUX_CODEC_GTOPK,
     CRUX_CODEC_TOPK, /* DGC: per-rank top-k + momentum correction, sparse allgather */
     CRUX_CODEC_SKETCH,
-    CRUX_CODEC_QSGD /* stochastic quantisation, buckets of 512, allgather of payloads */
+    CRUX_CODEC_QSGD /* stochastic quantisation, buckets of 512, allgather or ring (qsgd_reduce) */
 } crux_codec_t;
 
 typedef enum {
@@ -157,7 +157,22 @@ typedef struct {
     int sketch_rows, sketch_cols; /* rows 1..8, cols per chunk; 0 = derived from density */
     int qsgd_levels;              /* s, 1..127: 1 -> 2-bit, <= 7 -> 4-bit, else 8-bit codes */
     uint64_t seed;                /* selection sampling and sketch hashes */
+    int qsgd_reduce;              /* QSGD only: how payloads are summed, crux_qsgd_reduce_t */
 } crux_compress_config_t;
+
+/* QSGD reduction (cfg.qsgd_reduce). Per rank and call, n floats, 4-bit codes:
+ *  ALLGATHER: every rank quantises its vector once; the payloads are allgathered and
+ *    every rank decodes all P of them. Sends (P-1) * n/2 bytes; the error is the sum of
+ *    P independent quantisation errors, each scaled by one rank's values.
+ *  RING: reduce-scatter in which every hop decodes the partial sum it receives, adds
+ *    its own block and re-quantises with fresh seeded noise; the owner quantises the
+ *    finished block once more and the quantised blocks are allgathered, so every rank
+ *    decodes the same bytes. Sends 2(P-1)/P * n/2 bytes (less than ALLGATHER from 3
+ *    ranks on), but the P quantisations of a block are scaled by partial sums that
+ *    grow with the hop, so the error is larger. Takes no memory (CRUX_MEMORY_NONE):
+ *    the per-hop errors belong to no single rank. Both are unbiased.
+ * README "Compressed allreduce" has the measured trade-off behind the default. */
+typedef enum { CRUX_QSGD_ALLGATHER = 0, CRUX_QSGD_RING = 1 } crux_qsgd_reduce_t;
 
 /* Defaults for codec: density 0.001, memory LOWPASS with beta 1 for CLT-k (set
  * beta < 1 for ScaleCom's filter), MOMENTUM with beta 0.9 for TOPK (DGC), NONE for

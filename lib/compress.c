@@ -5,6 +5,9 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <immintrin.h>
+#endif
 
 #include "algo/algo.h"
 #include "compress.h"
@@ -90,6 +93,16 @@ static int config_check(const crux_compress_config_t *cfg, size_t count)
             crux_error(CRUX_SUBSYS_CODEC, "%s: QSGD takes cfg.memory = none or residual", fn);
             return CRUX_ERR_ARG;
         }
+        if (cfg->qsgd_reduce != CRUX_QSGD_ALLGATHER && cfg->qsgd_reduce != CRUX_QSGD_RING) {
+            crux_error(CRUX_SUBSYS_CODEC, "%s: cfg.qsgd_reduce = %d: must be CRUX_QSGD_ALLGATHER "
+                       "(0) or CRUX_QSGD_RING (1)", fn, cfg->qsgd_reduce);
+            return CRUX_ERR_ARG;
+        }
+        if (cfg->qsgd_reduce == CRUX_QSGD_RING && cfg->memory != CRUX_MEMORY_NONE) {
+            crux_error(CRUX_SUBSYS_CODEC, "%s: cfg.qsgd_reduce = ring takes cfg.memory = none "
+                       "(re-quantisation errors belong to no single rank)", fn);
+            return CRUX_ERR_ARG;
+        }
     }
     return CRUX_SUCCESS;
 }
@@ -107,7 +120,7 @@ static uint64_t config_hash(const struct crux_compressor *c, int valid)
     uint64_t w[] = { (uint64_t)c->n, (uint64_t)c->cfg.codec, (uint64_t)c->cfg.memory, 0, 0,
                      (uint64_t)c->cfg.sketch_rows, (uint64_t)c->cfg.sketch_cols,
                      (uint64_t)c->cfg.qsgd_levels, c->cfg.seed, (uint64_t)c->chunk_len,
-                     (uint64_t)valid };
+                     (uint64_t)valid, (uint64_t)c->cfg.qsgd_reduce };
     memcpy(&w[3], &c->cfg.density, sizeof(double));
     uint32_t b;
     memcpy(&b, &c->cfg.beta, sizeof(b));
@@ -200,6 +213,9 @@ static int cx_alloc_all(struct crux_compressor *c)
                 return CRUX_ERR_NOMEM;
             }
     }
+    if (c->cfg.codec == CRUX_CODEC_QSGD && c->cfg.qsgd_reduce == CRUX_QSGD_RING &&
+        !(c->est = cx_alloc(c->chunk_len * 4, "the ring's partial sums", &rc)))
+        return rc;
     if (c->cfg.memory == CRUX_MEMORY_MOMENTUM && !(c->mom = cx_alloc(n * 4, "the momentum", &rc)))
         return rc;
     /* A step buffer holds one encoded index set plus its values (gTop-k), or every
@@ -208,8 +224,8 @@ static int cx_alloc_all(struct crux_compressor *c)
            P = (size_t)c->comm->size;
     if (c->cfg.codec == CRUX_CODEC_TOPK)
         need = P * 8 * km;
-    else if (c->cfg.codec == CRUX_CODEC_QSGD)
-        need = P * crux_qsgd_encoded_bytes(&c->q, c->chunk_len);
+    else if (c->cfg.codec == CRUX_CODEC_QSGD) /* ring: the P blocks + a hop in and out */
+        need = (P < 3 ? 3 : P) * crux_qsgd_encoded_bytes(&c->q, c->chunk_len) + 64 * P;
     c->stepcap = (need + 63) & ~(size_t)63;
     if (!(c->stepbuf = cx_alloc(CX_FIFO * c->stepcap, "message buffers", &rc)) ||
         !(c->encbuf = cx_alloc(c->stepcap, "the encode buffer", &rc)))
@@ -340,7 +356,7 @@ static void cx_count_sends(struct crux_compressor *c, const struct crux_coll *op
 static int cx_failed(struct crux_compressor *c, struct cx_step *s, int rc)
 {
     static const char *kinds[] = { "?", "value allreduce", "index broadcast", "gTop-k tree",
-                                   "allgather" };
+                                   "allgather", "QSGD ring" };
     crux_error(CRUX_SUBSYS_CODEC, "compressed allreduce (%s, call %" PRIu64 ", rank %d of %d): %s "
                "failed: %s", codec_name(c->cfg.codec), c->calls, c->comm->rank, c->comm->size,
                kinds[s->kind], crux_error_string(rc));
@@ -538,6 +554,23 @@ int cx_post_gtopk(struct crux_compressor *c, size_t chunk, struct cx_step **out)
     return cx_poll(c);
 }
 
+int cx_post_qring(struct crux_compressor *c, size_t chunk, const float *src, struct cx_step **out)
+{
+    struct cx_step *s;
+    CRUX_TRY(cx_enqueue(c, &s));
+    s->kind = CX_QRING;
+    s->cap = c->stepcap;
+    s->chunk = chunk;
+    s->clen = cx_chunk_len(c, chunk);
+    s->src = src;
+    s->round = 0;
+    cx_coll_init(&s->coll, c->comm, CRUX_COLL_COMPRESSED, c->cfg.codec, NULL, s->clen, CRUX_UINT8);
+    s->coll.fn = crux_qsgd_ring_step;
+    if (out)
+        *out = s;
+    return cx_poll(c);
+}
+
 int cx_next_buf(struct crux_compressor *c, uint8_t **buf)
 {
     if (c->nsteps == CX_FIFO)
@@ -572,6 +605,54 @@ int cx_accumulate(struct crux_compressor *c, size_t chunk, const float *grad)
             crux_mem_accumulate(c->acc + off + o, c->mem + off + o, grad + off + o, m);
         CRUX_TRY(cx_poll(c));
     }
+    return CRUX_SUCCESS;
+}
+
+/* Zero a block with non-temporal stores: out is written once and read by the
+ * caller much later, so reading its lines in first (what plain stores do below
+ * glibc's non-temporal threshold) would double the traffic of the pass. */
+static void cx_zero_stream(float *x, size_t n)
+{
+#ifdef __SSE2__
+    size_t i = 0;
+    while (i < n && ((uintptr_t)(x + i) & 15))
+        x[i++] = 0.0f;
+    __m128 z = _mm_setzero_ps();
+    for (; i + 4 <= n; i += 4)
+        _mm_stream_ps(x + i, z);
+    for (; i < n; i++)
+        x[i] = 0.0f;
+#else
+    memset(x, 0, n * sizeof(float));
+#endif
+}
+
+static int cx_overlaps(const float *a, const float *b, size_t n)
+{
+    return (uintptr_t)a < (uintptr_t)(b + n) && (uintptr_t)b < (uintptr_t)(a + n);
+}
+
+int cx_accumulate_zero(struct crux_compressor *c, size_t chunk, const float *grad, float *out)
+{
+    size_t off = cx_chunk_off(c, chunk), len = cx_chunk_len(c, chunk);
+    /* out may be grad: each sub-block is zeroed only after it was read, while its
+     * lines are still in cache (plain stores); a separate out is streamed. */
+    int alias = cx_overlaps(grad, out, c->n);
+    for (size_t o = 0; o < len; o += CX_POLL_ELEMS) {
+        size_t m = len - o < CX_POLL_ELEMS ? len - o : CX_POLL_ELEMS;
+        if (c->cfg.memory == CRUX_MEMORY_NONE)
+            memcpy(c->acc + off + o, grad + off + o, m * 4);
+        else
+            crux_mem_accumulate(c->acc + off + o, c->mem + off + o, grad + off + o, m);
+        if (alias)
+            memset(out + off + o, 0, m * 4);
+        else
+            cx_zero_stream(out + off + o, m);
+        CRUX_TRY(cx_poll(c));
+    }
+#ifdef __SSE2__
+    _mm_sfence(); /* order the streamed zeros before the scatter into out */
+#endif
     return CRUX_SUCCESS;
 }
 
@@ -627,7 +708,10 @@ int crux_compressed_allreduce(crux_compressor_t c, const float *grad, float *out
     case CRUX_CODEC_CLTK: rc = crux_cltk_allreduce(c, grad, out); break;
     case CRUX_CODEC_GTOPK: rc = crux_gtopk_allreduce(c, grad, out); break;
     case CRUX_CODEC_TOPK: rc = crux_topk_allreduce(c, grad, out); break;
-    case CRUX_CODEC_QSGD: rc = crux_qsgd_allreduce(c, grad, out); break;
+    case CRUX_CODEC_QSGD:
+        rc = c->cfg.qsgd_reduce == CRUX_QSGD_RING ? crux_qsgd_ring_allreduce(c, grad, out)
+                                                  : crux_qsgd_allreduce(c, grad, out);
+        break;
     default: rc = crux_sketch_allreduce(c, grad, out); break;
     }
     c->st.total_s = cx_tic() - t0;

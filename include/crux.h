@@ -190,14 +190,23 @@ int crux_compressor_create(crux_comm_t comm, size_t count, const crux_compress_c
  * all ranks. grad and out hold count floats; out may equal grad. */
 int crux_compressed_allreduce(crux_compressor_t c, const float *grad, float *out);
 
+/* Bytes: wire_bytes counts the payload of every message this rank sent during the
+ * call (transport headers excluded), whatever it carries: indices, values, sketches,
+ * norms, and blocks it forwards for others in an allgather or a ring. The fair dense
+ * reference is ring_bytes, what this rank sends in a dense ring allreduce of the same
+ * vector, 2(P-1)/P * count * 4 (bandwidth-optimal; recursive doubling and trees send
+ * more). Compression ratio = ring_bytes / wire_bytes, comparable across codecs and P:
+ * the allgather codecs (topk, QSGD) send O(P) payloads, so theirs falls as P grows. */
 typedef struct {
-    uint64_t wire_bytes;  /* bytes this rank sent: indices + values + sketches */
-    uint64_t dense_bytes; /* what a dense allreduce would carry: count * 4 */
+    uint64_t wire_bytes;  /* payload bytes this rank sent during the call */
+    uint64_t dense_bytes; /* the vector's size: count * 4 */
     double encode_s;      /* CPU time in accumulate / select / sketch / gather */
     double comm_s;        /* time transfers were in flight (overlaps encode) */
     double decode_s;      /* scatter into out and memory update */
     double total_s;       /* wall time of the call: < encode_s + comm_s when overlapped */
     size_t nnz;           /* non-zeros sent in the result (sum of k over chunks) */
+    uint64_t ring_bytes;  /* a dense ring allreduce's bytes per rank: 2(P-1)/P * count * 4,
+                             rounded down; 0 on one rank */
 } crux_compress_stats_t;
 /* Statistics of the last crux_compressed_allreduce on c (zeros before the first). */
 int crux_compressor_stats(crux_compressor_t c, crux_compress_stats_t *last_call);

@@ -303,6 +303,7 @@ int crux_compressor_create(crux_comm_t comm, size_t count, const crux_compress_c
     if ((rc = crux_comm_reserve(comm, 16 + 2 * comm->size, 0)) != CRUX_SUCCESS) /* + ring allgather */
         goto fail;
     c->st.dense_bytes = (uint64_t)count * 4;
+    c->st.ring_bytes = 2 * (uint64_t)(comm->size - 1) * count * 4 / (uint64_t)comm->size;
     crux_debug(CRUX_SUBSYS_CODEC, "compressor %s: count %zu, %zu chunks of %zu, k %zu per chunk",
                codec_name(cfg->codec), count, c->nchunks, c->chunk_len, c->kmax);
     *out = c;
@@ -699,9 +700,10 @@ int crux_compressed_allreduce(crux_compressor_t c, const float *grad, float *out
                    "nonblocking requests first (crux_wait)");
         return CRUX_ERR_ARG;
     }
-    uint64_t dense = c->st.dense_bytes;
+    uint64_t dense = c->st.dense_bytes, ring = c->st.ring_bytes;
     memset(&c->st, 0, sizeof(c->st));
     c->st.dense_bytes = dense;
+    c->st.ring_bytes = ring;
     double t0 = cx_tic();
     int rc;
     switch (c->cfg.codec) {

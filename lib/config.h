@@ -42,6 +42,7 @@ struct crux_config {
     size_t ring_min_bytes;   /* CRUX_RING_MIN_BYTES: auto switches recdbl -> ring at this size */
     double timeout_s;        /* CRUX_TIMEOUT */
     size_t compress_chunk_bytes; /* CRUX_COMPRESS_CHUNK_BYTES: compressed allreduce chunk */
+    int encode_threads;      /* CRUX_ENCODE_THREADS: compressor worker pool, 0 = cpuset size */
 };
 
 enum crux_param_type {

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec/pool.h"
 #include "codec/qsgd.h"
 #include "crux.h"
 
@@ -243,4 +244,54 @@ Test(qsgd, validator_rejects_malformed_input)
     bad[12] |= 0x10; /* padding nibble after element 8 */
     cr_assert_eq(crux_qsgd_validate(&q, bad, len, 9), CRUX_ERR_MISMATCH, "padding");
     free(e);
+}
+
+/* Special values on every ISA: NaN and infinite buckets, an all-zero bucket, subnormal
+ * scales, -0, |x| == scale (the clamp), bucket sizes that are not multiples of the
+ * vector groups; and the pooled encoder gives the same bytes. */
+Test(qsgd, every_isa_same_bytes_on_special_values)
+{
+    enum { N = 4133 };
+    static float x[N], d0[N], d1[N];
+    uint64_t seed = 11;
+    for (int i = 0; i < N; i++)
+        x[i] = frand(&seed) * (float)(1 + i % 7);
+    for (int i = 0; i < 40; i++)
+        x[i] = 0.0f;                    /* zero buckets (bucket 8, 24) */
+    x[41] = -0.0f;
+    x[100] = NAN;
+    x[333] = INFINITY;
+    x[700] = -INFINITY;
+    for (int i = 800; i < 900; i++)
+        x[i] = (float)(i % 3) * 1e-40f; /* subnormal scale: encodes as zeros */
+    for (int i = 1000; i < 1100; i++)
+        x[i] = (i & 1) ? 2.0f : -2.0f;  /* every |x| equals the scale */
+    const int levels[] = {1, 3, 7, 127};
+    const int buckets[] = {8, 24, 40, 512};
+    struct crux_pool *pool;
+    cr_assert_eq(crux_pool_create(0, &pool), CRUX_SUCCESS);
+    for (int l = 0; l < 4; l++)
+        for (int b = 0; b < 4; b++)
+            for (int norm = 0; norm < 2; norm++) {
+                struct crux_qsgd q = {levels[l], buckets[b], norm};
+                size_t len = crux_qsgd_encoded_bytes(&q, N);
+                uint8_t *e0 = malloc(len), *e1 = malloc(len);
+                encode_with("scalar", &q, x, N, e0, d0);
+                const char *isas[] = {"avx2", "avx512"};
+                for (int k = 0; k < 2; k++) {
+                    if (crux_qsgd_force_isa(isas[k]) != 0)
+                        continue;
+                    encode_with(isas[k], &q, x, N, e1, d1);
+                    cr_assert_arr_eq(e0, e1, len, "%s levels %d bucket %d norm %d", isas[k],
+                                     levels[l], buckets[b], norm);
+                    cr_assert_eq(memcmp(d0, d1, sizeof d0), 0); /* NaN-safe: bits */
+                    memset(e1, 0, len);
+                    cr_assert_eq(crux_qsgd_encode_pool(pool, &q, x, N, 1ull << 33, 5, e1), len);
+                    cr_assert_arr_eq(e0, e1, len, "pooled %s levels %d bucket %d", isas[k],
+                                     levels[l], buckets[b]);
+                }
+                free(e0);
+                free(e1);
+            }
+    crux_pool_free(pool);
 }

@@ -28,6 +28,26 @@ void crux_topk_ws_free(struct crux_topk_ws *ws);
 size_t crux_topk(const float *x, size_t n, size_t k, uint64_t seed,
                  struct crux_topk_ws *ws, uint32_t *idx, float *val);
 
+/* Fused error-feedback selection, one read-2-write-1 pass instead of two:
+ *   acc[i] = mem[i] + grad[i] for every i < n, then exactly crux_topk(acc, ...).
+ * Bit-identical to crux_mem_accumulate(acc, mem, grad, n) followed by
+ * crux_topk(acc, n, k, seed, ws, idx, val): same idx, val and acc, on every ISA and
+ * thread count. acc may alias mem (in-place memory) or grad. */
+size_t crux_topk_acc(float *acc, const float *mem, const float *grad, size_t n, size_t k,
+                     uint64_t seed, struct crux_topk_ws *ws, uint32_t *idx, float *val);
+/* Plain error feedback in one call (the memory is the accumulator):
+ *   mem += grad;  idx, val = top-k of mem (crux_topk rule);  mem[idx] = 0.
+ * = crux_topk_acc(mem, mem, grad, ...) then crux_zero_at(mem, idx, got). idx must not be
+ * NULL; val may be. */
+size_t crux_topk_ef(float *mem, const float *grad, size_t n, size_t k, uint64_t seed,
+                    struct crux_topk_ws *ws, uint32_t *idx, float *val);
+
+/* Split the survivor pass of crux_topk / crux_topk_acc over a worker pool (pool.h); NULL
+ * = one thread again. Allocates the per-thread survivor regions now (setup time, not on
+ * the hot path). Results do not depend on the pool. CRUX_SUCCESS or CRUX_ERR_NOMEM. */
+struct crux_pool;
+int crux_topk_ws_use_pool(struct crux_topk_ws *ws, struct crux_pool *pool);
+
 /* The same rule on the magnitude of a[i] restricted to a candidate list cand[0..m)
  * (ascending): used to re-select top-k of a merged sparse vector. Writes ascending
  * indices into out_idx (taken from cand) and their values. */

@@ -56,6 +56,46 @@ T256 size_t codec_compact_avx2(const float *x, size_t n, uint32_t thr, uint32_t 
     return cnt + rest;
 }
 
+/* codec_compact_avx2 on acc = mem + grad, storing acc as it goes (codec_isa.h). */
+T256 size_t codec_compact_acc_avx2(float *acc, const float *mem, const float *grad, size_t n,
+                                   uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero)
+{
+    const __m256i absmask = _mm256_set1_epi32(0x7fffffff);
+    const __m256i below = _mm256_set1_epi32((int)thr - 1);
+    const __m256i step = _mm256_set1_epi32(8);
+    __m256i iv = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    size_t i = 0, cnt = 0;
+    for (; i + 32 <= n && cnt + 32 <= cap; i += 32) {
+        __m256 v[4];
+        __m256i g[4];
+        for (int q = 0; q < 4; q++) {
+            v[q] = _mm256_add_ps(_mm256_loadu_ps(mem + i + 8 * q), _mm256_loadu_ps(grad + i + 8 * q));
+            g[q] = _mm256_cmpgt_epi32(_mm256_and_si256(_mm256_castps_si256(v[q]), absmask), below);
+            __m256 keep = zero ? _mm256_andnot_ps(_mm256_castsi256_ps(g[q]), v[q]) : v[q];
+            _mm256_storeu_ps(acc + i + 8 * q, keep);
+        }
+        __m256i any = _mm256_or_si256(_mm256_or_si256(g[0], g[1]), _mm256_or_si256(g[2], g[3]));
+        if (_mm256_testz_si256(any, any)) {
+            iv = _mm256_add_epi32(iv, _mm256_set1_epi32(32));
+            continue;
+        }
+        for (int q = 0; q < 4; q++) {
+            unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g[q]));
+            __m256i perm = compress_perm(m);
+            _mm256_storeu_ps(val + cnt, _mm256_permutevar8x32_ps(v[q], perm));
+            _mm256_storeu_si256((__m256i *)(idx + cnt), _mm256_permutevar8x32_epi32(iv, perm));
+            cnt += (size_t)__builtin_popcount(m);
+            iv = _mm256_add_epi32(iv, step);
+        }
+    }
+    size_t rest = codec_compact_acc_scalar(acc + i, mem + i, grad + i, n - i, thr, idx + cnt,
+                                           val + cnt, cap - cnt, zero);
+    size_t rec = rest > cap - cnt ? cap - cnt : rest; /* on overflow: cap recorded in all */
+    for (size_t j = cnt; j < cnt + rec; j++)
+        idx[j] += (uint32_t)i;
+    return rest > cap - cnt ? cap + 1 : cnt + rest;
+}
+
 /* a*i + b mod 2^64 for the four 32-bit i in the low halves of the 64-bit lanes of iv
  * (a = ah*2^32 + al, so a*i = al*i + ((ah*i) << 32)). */
 static inline __attribute__((always_inline)) T256 __m256i mad64(__m256i iv, __m256i al,

@@ -46,6 +46,44 @@ T512 size_t codec_compact_avx512(const float *x, size_t n, uint32_t thr, uint32_
     return cnt + rest;
 }
 
+/* The same loop as codec_compact_avx512 on acc = mem + grad, storing acc as it goes:
+ * one read-2-write-1 pass instead of an accumulate pass plus a compaction pass. */
+T512 size_t codec_compact_acc_avx512(float *acc, const float *mem, const float *grad, size_t n,
+                                     uint32_t thr, uint32_t *idx, float *val, size_t cap,
+                                     int zero)
+{
+    const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
+    const __m512i t = _mm512_set1_epi32((int)thr);
+    const __m512i step = _mm512_set1_epi32(16);
+    __m512i iv = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    size_t i = 0, cnt = 0;
+    for (; i + 64 <= n && cnt + 64 <= cap; i += 64) {
+        __m512 v[4];
+        __mmask16 m[4];
+        for (int q = 0; q < 4; q++) {
+            v[q] = _mm512_add_ps(_mm512_loadu_ps(mem + i + 16 * q), _mm512_loadu_ps(grad + i + 16 * q));
+            m[q] = _mm512_cmpge_epi32_mask(_mm512_and_si512(_mm512_castps_si512(v[q]), absmask), t);
+            _mm512_storeu_ps(acc + i + 16 * q, _mm512_maskz_mov_ps(zero ? (__mmask16)~m[q] : 0xffff, v[q]));
+        }
+        if (!(m[0] | m[1] | m[2] | m[3])) {
+            iv = _mm512_add_epi32(iv, _mm512_set1_epi32(64));
+            continue;
+        }
+        for (int q = 0; q < 4; q++) {
+            _mm512_storeu_ps(val + cnt, _mm512_maskz_compress_ps(m[q], v[q]));
+            _mm512_storeu_si512(idx + cnt, _mm512_maskz_compress_epi32(m[q], iv));
+            cnt += (size_t)__builtin_popcount(m[q]);
+            iv = _mm512_add_epi32(iv, step);
+        }
+    }
+    size_t rest = codec_compact_acc_scalar(acc + i, mem + i, grad + i, n - i, thr, idx + cnt,
+                                           val + cnt, cap - cnt, zero);
+    size_t rec = rest > cap - cnt ? cap - cnt : rest; /* on overflow: cap recorded in all */
+    for (size_t j = cnt; j < cnt + rec; j++)
+        idx[j] += (uint32_t)i;
+    return rest > cap - cnt ? cap + 1 : cnt + rest;
+}
+
 T512 void codec_hash_avx512(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
                             uint32_t *col, uint32_t *sgn)
 {

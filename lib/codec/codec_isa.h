@@ -34,6 +34,18 @@ size_t codec_compact_avx2(const float *x, size_t n, uint32_t thr, uint32_t *idx,
 size_t codec_compact_avx512(const float *x, size_t n, uint32_t thr, uint32_t *idx, float *val,
                             size_t cap);
 
+/* Fused error-feedback pass: acc[i] = mem[i] + grad[i] for every i < n (acc may alias mem
+ * or grad), and the same compaction on acc. acc is written completely even when more
+ * than cap entries qualify (then cap + 1 is returned, and the first cap are recorded).
+ * With zero != 0 every recorded survivor is stored in acc as +0 instead (its value is in
+ * val): error feedback then restores only the survivors that were not selected. */
+size_t codec_compact_acc_scalar(float *acc, const float *mem, const float *grad, size_t n,
+                                uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero);
+size_t codec_compact_acc_avx2(float *acc, const float *mem, const float *grad, size_t n,
+                              uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero);
+size_t codec_compact_acc_avx512(float *acc, const float *mem, const float *grad, size_t n,
+                                uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero);
+
 /* Which way the last crux_topk on ws went (tests check every way gives the same result). */
 enum codec_topk_path {
     CODEC_TOPK_EXACT = 0,  /* small n, k > kmax or n > ws->n: radix select on all of x */

@@ -11,6 +11,7 @@
 #include "crux.h"
 #include "lib/log.h"
 #include "qsgd.h"
+#include "pool.h"
 
 /* Kernel bodies are always inlined into one wrapper per ISA (bottom of the file). */
 #define BODY static inline __attribute__((always_inline))
@@ -63,6 +64,17 @@ static inline uint32_t mix32(uint32_t x)
     x *= 0x846ca68bu;
     x ^= x >> 16;
     return x;
+}
+
+/* The per-element noise: a Weyl counter key + i * golden (one add per vector when
+ * stepping) and half of lowbias32, one multiply per 16 lanes. Its top 24 bits are
+ * uniform enough for dithering; the full mix32 above costs a second multiply, and the
+ * quantiser is compute-bound. */
+static inline uint32_t noise32(uint32_t ctr)
+{
+    ctr ^= ctr >> 16;
+    ctr *= 0x7feb352du;
+    return ctr ^ (ctr >> 15);
 }
 
 /* The bucket's scale; NaN if it holds a NaN or an infinity (see bucket_inv). */
@@ -120,7 +132,7 @@ BODY void quantize_block_body(const float *x, size_t m, uint32_t base, uint32_t 
     const float lim = (float)s;
     const uint32_t mm = (uint32_t)m; /* 32-bit lanes: m <= BLOCK */
     for (uint32_t i = 0; i < mm; i++) {
-        uint32_t h = mix32(key + (base + i) * 0x9e3779b9u);
+        uint32_t h = noise32(key + (base + i) * 0x9e3779b9u);
         float u = (float)(int32_t)(h >> 8) * 0x1p-24f;
         float t = fabsf(x[i]) * inv + u;
         t = t < lim ? t : lim; /* rounding at |x| == scale; never above s */
@@ -197,6 +209,10 @@ struct qsgd_kernels {
                         uint32_t flip);
     void (*pack)(const uint8_t *c, size_t m, int bits, uint8_t *out);
     void (*unpack)(const uint8_t *in, size_t m, int bits, uint8_t *c);
+    /* quantize + pack of whole groups of 32 (NULL: quantize then pack through c[]);
+     * returns how many elements it did (a multiple of 32) */
+    size_t (*quantize_pack)(const float *x, size_t m, uint32_t base, uint32_t key, float inv,
+                            int s, int bits, uint8_t *out);
 };
 
 #define QSGD_ISA(suffix, attr)                                                                \
@@ -224,13 +240,100 @@ struct qsgd_kernels {
     }                                                                                         \
     static const struct qsgd_kernels kernels_##suffix = {                                     \
         #suffix, scale_##suffix, quantize_##suffix, dequant_##suffix, pack_##suffix,          \
-        unpack_##suffix};
+        unpack_##suffix, QP_##suffix};
 
+#define QP_scalar NULL
+#define QP_avx2 NULL
+#define QP_avx512 quantize_pack_avx512
 QSGD_ISA(scalar, )
 #if defined(__x86_64__) && defined(__GNUC__)
 #define QSGD_X86 1
+#include <immintrin.h>
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+
+/* 16 codes of quantize_block_body, the same integer and IEEE operations in the same
+ * order (no FMA: the sum is rounded after the product, as in the C body). ctr holds
+ * key + (base + i) * 0x9e3779b9 per lane. */
+static inline __attribute__((always_inline)) T512 __m512i codes16(const float *x, __m512i ctr,
+                                                                 __m512 inv, __m512 lim,
+                                                                 __m512i sign)
+{
+    __m512i h = _mm512_xor_si512(ctr, _mm512_srli_epi32(ctr, 16)); /* noise32 */
+    h = _mm512_mullo_epi32(h, _mm512_set1_epi32(0x7feb352d));
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 15));
+    __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(h, 8)), _mm512_set1_ps(0x1p-24f));
+    __m512i xb = _mm512_loadu_si512(x);
+    __m512 a = _mm512_castsi512_ps(_mm512_and_si512(xb, _mm512_set1_epi32(0x7fffffff)));
+    __m512 t = _mm512_min_ps(_mm512_add_ps(_mm512_mul_ps(a, inv), u), lim); /* NaN -> lim */
+    __m512i lvl = _mm512_cvttps_epi32(t);
+    __mmask16 neg = _mm512_mask_cmpneq_epi32_mask(_mm512_movepi32_mask(xb), lvl, _mm512_setzero_si512());
+    return _mm512_mask_or_epi32(lvl, neg, lvl, sign);
+}
+
+/* Pack 32 codes (two vectors of 16 lanes, values < 2^bits) LSB-first into bits*4 bytes. */
+static inline __attribute__((always_inline)) T512 void pack32(__m512i c0, __m512i c1, int bits,
+                                                             uint8_t *out)
+{
+    if (bits == 8) {
+        _mm_storeu_si128((__m128i *)out, _mm512_cvtepi32_epi8(c0));
+        _mm_storeu_si128((__m128i *)(out + 16), _mm512_cvtepi32_epi8(c1));
+        return;
+    }
+    /* pairs of lanes: even | odd << bits in the low byte of each 64-bit lane (the odd code
+     * also stays in the high half: the narrowing below keeps only the low byte) */
+    __m512i p0 = _mm512_or_si512(c0, _mm512_srli_epi64(c0, 32 - bits));
+    __m512i p1 = _mm512_or_si512(c1, _mm512_srli_epi64(c1, 32 - bits));
+    if (bits == 4) {
+        _mm_storel_epi64((__m128i *)out, _mm512_cvtepi64_epi8(p0));
+        _mm_storel_epi64((__m128i *)(out + 8), _mm512_cvtepi64_epi8(p1));
+        return;
+    }
+    /* 2 bits: pairs of pairs (4-bit values) again, in 128-bit halves */
+    __m512i q = _mm512_permutex2var_epi64(p0, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), p1);
+    __m512i r = _mm512_permutex2var_epi64(p0, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), p1);
+    __m512i b = _mm512_or_si512(q, _mm512_slli_epi64(r, 4));
+    _mm_storel_epi64((__m128i *)out, _mm512_cvtepi64_epi8(b));
+}
+
+/* One loop per code width, so the packing is branch-free inside it. */
+static inline __attribute__((always_inline)) T512 size_t
+quantize_pack_bits(const float *x, size_t m, uint32_t base, uint32_t key, float inv, int s,
+                   const int bits, uint8_t *out)
+{
+    const __m512 vinv = _mm512_set1_ps(inv), lim = _mm512_set1_ps((float)s);
+    const __m512i sign = _mm512_set1_epi32(1 << (bits - 1));
+    const __m512i step = _mm512_set1_epi32((int)(16u * 0x9e3779b9u));
+    __m512i ctr = _mm512_add_epi32(
+        _mm512_set1_epi32((int)(key + base * 0x9e3779b9u)),
+        _mm512_setr_epi32(0, (int)0x9e3779b9u, (int)(2u * 0x9e3779b9u), (int)(3u * 0x9e3779b9u),
+                          (int)(4u * 0x9e3779b9u), (int)(5u * 0x9e3779b9u), (int)(6u * 0x9e3779b9u),
+                          (int)(7u * 0x9e3779b9u), (int)(8u * 0x9e3779b9u), (int)(9u * 0x9e3779b9u),
+                          (int)(10u * 0x9e3779b9u), (int)(11u * 0x9e3779b9u),
+                          (int)(12u * 0x9e3779b9u), (int)(13u * 0x9e3779b9u),
+                          (int)(14u * 0x9e3779b9u), (int)(15u * 0x9e3779b9u)));
+    size_t i = 0;
+    for (; i + 32 <= m; i += 32) {
+        __m512i c0 = codes16(x + i, ctr, vinv, lim, sign);
+        ctr = _mm512_add_epi32(ctr, step);
+        __m512i c1 = codes16(x + i + 16, ctr, vinv, lim, sign);
+        ctr = _mm512_add_epi32(ctr, step);
+        pack32(c0, c1, bits, out + i * (size_t)bits / 8);
+    }
+    return i;
+}
+
+static T512 size_t quantize_pack_avx512(const float *x, size_t m, uint32_t base, uint32_t key,
+                                        float inv, int s, int bits, uint8_t *out)
+{
+    switch (bits) {
+    case 2: return quantize_pack_bits(x, m, base, key, inv, s, 2, out);
+    case 4: return quantize_pack_bits(x, m, base, key, inv, s, 4, out);
+    default: return quantize_pack_bits(x, m, base, key, inv, s, 8, out);
+    }
+}
+
 QSGD_ISA(avx2, __attribute__((target("avx2,fma"))))
-QSGD_ISA(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))))
+QSGD_ISA(avx512, T512)
 #endif
 
 static const struct qsgd_kernels *qsgd_k;
@@ -278,23 +381,27 @@ int crux_qsgd_force_isa(const char *isa)
     return 0;
 }
 
-size_t crux_qsgd_encode(const struct crux_qsgd *q, const float *x, size_t n, uint64_t base,
-                        uint32_t key, uint8_t *out)
+/* Buckets [b0, b1) of the encoding of x[0..n): their scales at out[4*b], their codes from
+ * codes (the byte where bucket b0's codes start). key already folds the base's high half. */
+static void encode_buckets(const struct crux_qsgd *q, const float *x, size_t n, uint64_t base,
+                           uint32_t key, size_t b0, size_t b1, uint8_t *out, uint8_t *codes)
 {
     const int bits = crux_qsgd_code_bits(q->levels);
     const size_t bucket = (size_t)q->bucket;
-    const size_t nb = (n + bucket - 1) / bucket;
-    uint8_t *codes = out + nb * sizeof(float);
     const struct qsgd_kernels *kern = active();
     uint8_t c[BLOCK];
-    /* The hash takes 32-bit positions: fold the high half of the base into the key. */
-    key ^= mix32((uint32_t)(base >> 32) ^ 0x51ed2701u);
-    for (size_t b = 0; b < nb; b++) {
+    for (size_t b = b0; b < b1; b++) {
         const size_t off = b * bucket, m = n - off < bucket ? n - off : bucket;
         float scale = kern->scale(x + off, m, q->norm);
         float inv = bucket_inv(scale, q->levels);
         memcpy(out + b * sizeof(float), &scale, sizeof scale);
-        for (size_t i = 0; i < m; i += BLOCK) {
+        size_t i = 0;
+        if (kern->quantize_pack) {
+            i = kern->quantize_pack(x + off, m, (uint32_t)(base + off), key, inv, q->levels, bits,
+                                    codes);
+            codes += i * (size_t)bits / 8;
+        }
+        for (; i < m; i += BLOCK) {
             size_t mb = m - i < BLOCK ? m - i : BLOCK;
             kern->quantize(x + off + i, mb, (uint32_t)(base + off + i), key, inv, q->levels,
                            bits - 1, c);
@@ -302,7 +409,53 @@ size_t crux_qsgd_encode(const struct crux_qsgd *q, const float *x, size_t n, uin
             codes += code_bytes(bits, mb);
         }
     }
-    return (size_t)(codes - out);
+}
+
+/* The hash takes 32-bit positions: fold the high half of the base into the key. */
+static uint32_t stream_key(uint32_t key, uint64_t base)
+{
+    return key ^ mix32((uint32_t)(base >> 32) ^ 0x51ed2701u);
+}
+
+size_t crux_qsgd_encode(const struct crux_qsgd *q, const float *x, size_t n, uint64_t base,
+                        uint32_t key, uint8_t *out)
+{
+    const size_t nb = (n + (size_t)q->bucket - 1) / (size_t)q->bucket;
+    encode_buckets(q, x, n, base, stream_key(key, base), 0, nb, out, out + nb * sizeof(float));
+    return crux_qsgd_encoded_bytes(q, n);
+}
+
+struct encode_job {
+    const struct crux_qsgd *q;
+    const float *x;
+    size_t n, nb;
+    uint64_t base;
+    uint32_t key;
+    uint8_t *out;
+};
+
+/* Part of the buckets; every bucket but the last holds a multiple of 8 codes, so a part's
+ * codes start at a whole byte: (first element * bits) / 8. */
+static void encode_part(void *arg, int part, int nparts)
+{
+    const struct encode_job *j = arg;
+    size_t b0, b1;
+    crux_pool_range(j->nb, 1, part, nparts, &b0, &b1);
+    if (b0 == b1)
+        return;
+    size_t first = b0 * (size_t)j->q->bucket;
+    uint8_t *codes = j->out + j->nb * sizeof(float) +
+                     first * (size_t)crux_qsgd_code_bits(j->q->levels) / 8;
+    encode_buckets(j->q, j->x, j->n, j->base, j->key, b0, b1, j->out, codes);
+}
+
+size_t crux_qsgd_encode_pool(struct crux_pool *pool, const struct crux_qsgd *q, const float *x,
+                             size_t n, uint64_t base, uint32_t key, uint8_t *out)
+{
+    struct encode_job j = {q, x, n, (n + (size_t)q->bucket - 1) / (size_t)q->bucket, base,
+                           stream_key(key, base), out};
+    crux_pool_run(j.nb >= 64 ? pool : NULL, encode_part, &j);
+    return crux_qsgd_encoded_bytes(q, n);
 }
 
 int crux_qsgd_validate(const struct crux_qsgd *q, const uint8_t *in, size_t len, size_t n)

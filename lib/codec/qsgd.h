@@ -45,6 +45,12 @@ size_t crux_qsgd_encoded_bytes(const struct crux_qsgd *q, size_t n);
 size_t crux_qsgd_encode(const struct crux_qsgd *q, const float *x, size_t n, uint64_t base,
                         uint32_t key, uint8_t *out);
 
+/* crux_qsgd_encode split by buckets over a worker pool (pool.h; NULL = one thread): the
+ * same bytes for any pool. */
+struct crux_pool;
+size_t crux_qsgd_encode_pool(struct crux_pool *pool, const struct crux_qsgd *q, const float *x,
+                             size_t n, uint64_t base, uint32_t key, uint8_t *out);
+
 /* Wire parser (fuzzed): checks that len matches n, that every scale is >= 0 or NaN
  * (a NaN gradient stays visible, like in a dense allreduce) and every level is <= s.
  * CRUX_SUCCESS or CRUX_ERR_MISMATCH. Never reads past in[len). */

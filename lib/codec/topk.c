@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "codec/codec_isa.h"
+#include "codec/pool.h"
 #include "crux.h"
 #include "log.h"
 
@@ -108,6 +109,44 @@ size_t codec_compact_scalar(const float *x, size_t n, uint32_t thr, uint32_t *id
         }
     }
     return cnt;
+}
+
+size_t codec_compact_acc_scalar(float *acc, const float *mem, const float *grad, size_t n,
+                                uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero)
+{
+    size_t cnt = 0, i = 0;
+    for (; i < n; i++) {
+        float a = mem[i] + grad[i];
+        if (key_of(a) >= thr) {
+            if (cnt == cap)
+                break;
+            idx[cnt] = (uint32_t)i;
+            val[cnt] = a;
+            cnt++;
+            acc[i] = zero ? 0.0f : a;
+        } else {
+            acc[i] = a;
+        }
+    }
+    if (i == n)
+        return cnt;
+    /* over capacity: the caller falls back, but acc must be complete (and only the
+     * recorded survivors zeroed) */
+    for (; i < n; i++)
+        acc[i] = mem[i] + grad[i];
+    return cap + 1;
+}
+
+static size_t compact_acc(float *acc, const float *mem, const float *grad, size_t n, uint32_t thr,
+                          uint32_t *idx, float *val, size_t cap, int zero)
+{
+    switch (crux_codec_active_isa()) {
+#ifdef CODEC_X86
+    case CODEC_ISA_AVX512: return codec_compact_acc_avx512(acc, mem, grad, n, thr, idx, val, cap, zero);
+    case CODEC_ISA_AVX2: return codec_compact_acc_avx2(acc, mem, grad, n, thr, idx, val, cap, zero);
+#endif
+    default: return codec_compact_acc_scalar(acc, mem, grad, n, thr, idx, val, cap, zero);
+    }
 }
 
 static size_t compact(const float *x, size_t n, uint32_t thr, uint32_t *idx, float *val,
@@ -222,10 +261,14 @@ static size_t select_exact(const uint32_t *in_idx, const float *in_val, size_t m
 #define SAMPLE_MIN 4096     /* below ~4 samples per stratum... the exact path is as cheap */
 #define MARGIN_Z 3.0        /* binomial standard deviations of safety in the sample rank */
 #define EXACT_BELOW 8192    /* n below which the exact path is used directly */
+#define PART_ALIGN 1024     /* pool parts split x at multiples of this many elements */
 
 struct crux_topk_ws {
     size_t n, kmax;
     size_t cap;        /* survivors the compaction may write */
+    size_t stride;     /* survivor region of one pool part in cidx/cval (part 0 at 0) */
+    int nparts;        /* regions allocated */
+    struct crux_pool *pool;
     uint32_t *cidx;
     float *cval;
     uint32_t *ckey;    /* fix-up scratch: keys of the boundary radix bucket */
@@ -248,6 +291,29 @@ static size_t sample_size(size_t n)
     return s;
 }
 
+/* Survivor regions for nparts pool parts, first-touched now (not on the hot path). */
+static int alloc_regions(struct crux_topk_ws *ws, int nparts)
+{
+    size_t total = (size_t)nparts * ws->stride + 1;
+    uint32_t *ci = malloc(total * sizeof *ci);
+    float *cv = malloc(total * sizeof *cv);
+    if (!ci || !cv) {
+        free(ci);
+        free(cv);
+        crux_error(CRUX_SUBSYS_CODEC, "top-k workspace for n=%zu kmax=%zu, %d parts: out of memory",
+                   ws->n, ws->kmax, nparts);
+        return CRUX_ERR_NOMEM;
+    }
+    memset(ci, 0, total * sizeof *ci);
+    memset(cv, 0, total * sizeof *cv);
+    free(ws->cidx);
+    free(ws->cval);
+    ws->cidx = ci;
+    ws->cval = cv;
+    ws->nparts = nparts;
+    return CRUX_SUCCESS;
+}
+
 int crux_topk_ws_create(size_t n, size_t kmax, struct crux_topk_ws **out)
 {
     struct crux_topk_ws *ws = calloc(1, sizeof *ws);
@@ -261,23 +327,31 @@ int crux_topk_ws_create(size_t n, size_t kmax, struct crux_topk_ws **out)
     ws->cap = 3 * ws->kmax + 4096;
     if (ws->cap > n)
         ws->cap = n;
+    ws->stride = ws->cap + 64;
     ws->sample_cap = sample_size(n);
     ws->margin_z = MARGIN_Z;
-    ws->cidx = malloc((ws->cap + 1) * sizeof *ws->cidx);
-    ws->cval = malloc((ws->cap + 1) * sizeof *ws->cval);
     ws->ckey = malloc((ws->cap + 2) * sizeof *ws->ckey);
     ws->sample = malloc(ws->sample_cap * sizeof *ws->sample);
-    if (!ws->cidx || !ws->cval || !ws->ckey || !ws->sample) {
+    if (!ws->ckey || !ws->sample || alloc_regions(ws, 1) != CRUX_SUCCESS) {
         crux_error(CRUX_SUBSYS_CODEC, "top-k workspace for n=%zu kmax=%zu: out of memory", n, kmax);
         crux_topk_ws_free(ws);
         return CRUX_ERR_NOMEM;
     }
-    /* first touch now, not on the hot path */
-    memset(ws->cidx, 0, (ws->cap + 1) * sizeof *ws->cidx);
-    memset(ws->cval, 0, (ws->cap + 1) * sizeof *ws->cval);
     memset(ws->ckey, 0, (ws->cap + 2) * sizeof *ws->ckey);
     memset(ws->sample, 0, ws->sample_cap * sizeof *ws->sample);
     *out = ws;
+    return CRUX_SUCCESS;
+}
+
+int crux_topk_ws_use_pool(struct crux_topk_ws *ws, struct crux_pool *pool)
+{
+    int parts = crux_pool_size(pool);
+    if (parts > ws->nparts) {
+        int rc = alloc_regions(ws, parts);
+        if (rc != CRUX_SUCCESS)
+            return rc;
+    }
+    ws->pool = pool;
     return CRUX_SUCCESS;
 }
 
@@ -301,8 +375,10 @@ static uint64_t splitmix64(uint64_t *s)
 }
 
 /* Runs of SAMPLE_RUN elements, one at a seeded offset in each of s/SAMPLE_RUN equal
- * strata of x (stratified: every region is represented). */
-static size_t take_sample(const float *x, size_t n, uint64_t seed, float *out, size_t s)
+ * strata of x (stratified: every region is represented). With grad, the sample is of
+ * x + grad (the fused pass samples the accumulator before it exists). */
+static size_t take_sample(const float *x, const float *grad, size_t n, uint64_t seed, float *out,
+                          size_t s)
 {
     size_t runs = s / SAMPLE_RUN;
     size_t stratum = n / runs;
@@ -310,7 +386,12 @@ static size_t take_sample(const float *x, size_t n, uint64_t seed, float *out, s
     for (size_t r = 0; r < runs; r++) {
         size_t span = stratum - SAMPLE_RUN + 1;
         size_t off = r * stratum + (size_t)(splitmix64(&st) % span);
-        memcpy(out + r * SAMPLE_RUN, x + off, SAMPLE_RUN * sizeof *out);
+        float *o = out + r * SAMPLE_RUN;
+        if (grad)
+            for (size_t j = 0; j < SAMPLE_RUN; j++)
+                o[j] = x[off + j] + grad[off + j];
+        else
+            memcpy(o, x + off, SAMPLE_RUN * sizeof *out);
     }
     return runs * SAMPLE_RUN;
 }
@@ -323,38 +404,202 @@ static size_t sample_rank(size_t k, size_t n, size_t s, double z)
     return r >= (double)s ? s : r < 1.0 ? 1 : (size_t)r;
 }
 
+/* One survivor pass, split over the pool: part p compacts its range of x into its own
+ * region; the regions are then joined in part order, which is exactly the list one
+ * thread would have written. The fused form (acc != NULL) also writes acc = mem + grad. */
+struct survivor_pass {
+    const float *x;
+    float *acc;
+    const float *mem, *grad;
+    size_t n;
+    uint32_t thr;
+    int zero;          /* this (fused) pass stores survivors as 0 in acc */
+    int ef;            /* crux_topk_ef: the selected entries end as 0 in acc */
+    struct crux_topk_ws *ws;
+    size_t got[CRUX_POOL_MAX];
+};
+
+static void survivor_part(void *arg, int part, int nparts)
+{
+    struct survivor_pass *sp = arg;
+    struct crux_topk_ws *ws = sp->ws;
+    size_t lo, hi, c;
+    crux_pool_range(sp->n, PART_ALIGN, part, nparts, &lo, &hi);
+    uint32_t *idx = ws->cidx + (size_t)part * ws->stride;
+    float *val = ws->cval + (size_t)part * ws->stride;
+    if (sp->acc)
+        c = compact_acc(sp->acc + lo, sp->mem + lo, sp->grad + lo, hi - lo, sp->thr, idx, val,
+                        ws->cap, sp->zero);
+    else
+        c = compact(sp->x + lo, hi - lo, sp->thr, idx, val, ws->cap);
+    if (c <= ws->cap && lo)
+        for (size_t j = 0; j < c; j++)
+            idx[j] += (uint32_t)lo;
+    sp->got[part] = c;
+}
+
+/* Put the values of zeroed survivors back: acc[idx[j]] = val[j] (idx relative to lo). */
+static void restore(float *acc, size_t lo, const uint32_t *idx, const float *val, size_t m)
+{
+    for (size_t j = 0; j < m; j++)
+        acc[lo + idx[j]] = val[j];
+}
+
+/* Survivor count in ws->cidx/cval[0..m), or cap + 1 when more than cap qualified (then
+ * any survivors a zeroing pass stored as 0 are restored first: acc is whole again). */
+static size_t run_survivor_pass(struct survivor_pass *sp)
+{
+    struct crux_topk_ws *ws = sp->ws;
+    struct crux_pool *pool = ws->nparts >= crux_pool_size(ws->pool) ? ws->pool : NULL;
+    int nparts = crux_pool_size(pool);
+    if (sp->n < (size_t)nparts * 4 * PART_ALIGN) /* too little to be worth a hand-over */
+        pool = NULL, nparts = 1;
+    crux_pool_run(pool, survivor_part, sp);
+    size_t m = 0;
+    int over = 0;
+    for (int p = 0; p < nparts; p++)
+        over |= sp->got[p] > ws->cap || (m += sp->got[p]) > ws->cap;
+    if (over) {
+        for (int p = 0; sp->zero && p < nparts; p++) { /* part p recorded min(got, cap), 0-based */
+            size_t lo, hi, rec = sp->got[p] > ws->cap ? ws->cap : sp->got[p];
+            crux_pool_range(sp->n, PART_ALIGN, p, nparts, &lo, &hi);
+            if (sp->got[p] > ws->cap) /* indices were not rebased */
+                restore(sp->acc, lo, ws->cidx + (size_t)p * ws->stride,
+                        ws->cval + (size_t)p * ws->stride, rec);
+            else
+                restore(sp->acc, 0, ws->cidx + (size_t)p * ws->stride,
+                        ws->cval + (size_t)p * ws->stride, rec);
+        }
+        return ws->cap + 1;
+    }
+    m = 0;
+    for (int p = 0; p < nparts; p++) {
+        if (p) { /* regions move down only: m <= p * cap < p * stride */
+            memmove(ws->cidx + m, ws->cidx + (size_t)p * ws->stride, sp->got[p] * sizeof *ws->cidx);
+            memmove(ws->cval + m, ws->cval + (size_t)p * ws->stride, sp->got[p] * sizeof *ws->cval);
+        }
+        m += sp->got[p];
+    }
+    return m;
+}
+
+/* After a zeroing pass selected out[0..k) from the survivors cidx[0..m) (both ascending):
+ * give the survivors that were not selected their values back. */
+static void restore_unselected(float *acc, const uint32_t *cidx, const float *cval, size_t m,
+                               const uint32_t *out, size_t k)
+{
+    size_t o = 0;
+    for (size_t j = 0; j < m; j++) {
+        if (o < k && out[o] == cidx[j])
+            o++;
+        else
+            acc[cidx[j]] = cval[j];
+    }
+}
+
+/* The sampled path: threshold from the sample, survivor pass, exact-k fix-up. The first
+ * pass is sp as given (maybe fused, maybe zeroing); retries and the fallback read acc. */
+static size_t topk_sampled(struct survivor_pass *sp, size_t k, uint64_t seed, uint32_t *idx,
+                           float *val)
+{
+    struct crux_topk_ws *ws = sp->ws;
+    size_t n = sp->n;
+    size_t s = take_sample(sp->acc ? sp->mem : sp->x, sp->acc ? sp->grad : NULL, n, seed,
+                           ws->sample, sample_size(n));
+    float *acc = sp->acc;
+    double z = ws->margin_z;
+    for (int attempt = 0; attempt < 3; attempt++, z += 6.0) {
+        size_t rank = sample_rank(k, n, s, z), greater;
+        uint32_t thr = kth_largest_key(ws->sample, s, rank, &greater, NULL, 0);
+        sp->thr = thr;
+        size_t m = run_survivor_pass(sp);
+        int zeroed = sp->zero && m <= ws->cap;
+        if (sp->acc) { /* acc now holds mem + grad: later passes read it */
+            sp->x = sp->acc;
+            sp->acc = NULL;
+            sp->zero = 0;
+        }
+        if (m > ws->cap)
+            break;
+        if (m >= k) {
+            ws->last_path = attempt == 0 ? CODEC_TOPK_SAMPLED : CODEC_TOPK_RETRIED;
+            size_t got = select_exact(ws->cidx, ws->cval, m, k, ws->ckey, ws->cap + 1, idx, val);
+            if (zeroed)
+                restore_unselected(acc, ws->cidx, ws->cval, m, idx, got);
+            else if (sp->ef)
+                crux_zero_at(acc, idx, got);
+            return got;
+        }
+        if (zeroed)
+            restore(acc, 0, ws->cidx, ws->cval, m);
+        if (rank == s) /* already kept everything the sample allows */
+            break;
+    }
+    ws->last_path = CODEC_TOPK_FALLBACK;
+    size_t got = select_exact(NULL, sp->x, n, k, NULL, 0, idx, val);
+    if (sp->ef)
+        crux_zero_at(acc, idx, got);
+    return got;
+}
+
+/* Paths that skip sampling: nothing to select, everything, or no usable workspace. */
+static int topk_trivial(size_t n, size_t k, const struct crux_topk_ws *ws)
+{
+    return k == 0 || k == n || !ws || n > ws->n || k > ws->kmax || n < EXACT_BELOW;
+}
+
+static size_t topk_direct(const float *x, size_t n, size_t k, struct crux_topk_ws *ws,
+                          uint32_t *idx, float *val)
+{
+    if (k == 0)
+        return 0;
+    if (k == n)
+        return sweep_keep(NULL, x, n, 0, n, idx, val);
+    if (ws)
+        ws->last_path = CODEC_TOPK_EXACT;
+    return select_exact(NULL, x, n, k, NULL, 0, idx, val);
+}
+
 size_t crux_topk(const float *x, size_t n, size_t k, uint64_t seed, struct crux_topk_ws *ws,
                  uint32_t *idx, float *val)
 {
     if (k > n)
         k = n;
-    if (k == 0)
-        return 0;
-    if (k == n)
-        return sweep_keep(NULL, x, n, 0, n, idx, val);
-    if (!ws || n > ws->n || k > ws->kmax || n < EXACT_BELOW) {
-        if (ws)
-            ws->last_path = CODEC_TOPK_EXACT;
-        return select_exact(NULL, x, n, k, NULL, 0, idx, val);
-    }
+    if (topk_trivial(n, k, ws))
+        return topk_direct(x, n, k, ws, idx, val);
+    struct survivor_pass sp = {.x = x, .n = n, .ws = ws};
+    return topk_sampled(&sp, k, seed, idx, val);
+}
 
-    size_t s = take_sample(x, n, seed, ws->sample, sample_size(n));
-    double z = ws->margin_z;
-    for (int attempt = 0; attempt < 3; attempt++, z += 6.0) {
-        size_t rank = sample_rank(k, n, s, z), greater;
-        uint32_t thr = kth_largest_key(ws->sample, s, rank, &greater, NULL, 0);
-        size_t m = compact(x, n, thr, ws->cidx, ws->cval, ws->cap);
-        if (m > ws->cap)
-            break;
-        if (m >= k) {
-            ws->last_path = attempt == 0 ? CODEC_TOPK_SAMPLED : CODEC_TOPK_RETRIED;
-            return select_exact(ws->cidx, ws->cval, m, k, ws->ckey, ws->cap + 1, idx, val);
-        }
-        if (rank == s) /* already kept everything the sample allows */
-            break;
+size_t crux_topk_acc(float *acc, const float *mem, const float *grad, size_t n, size_t k,
+                     uint64_t seed, struct crux_topk_ws *ws, uint32_t *idx, float *val)
+{
+    if (k > n)
+        k = n;
+    if (topk_trivial(n, k, ws)) {
+        crux_mem_accumulate(acc, mem, grad, n);
+        return topk_direct(acc, n, k, ws, idx, val);
     }
-    ws->last_path = CODEC_TOPK_FALLBACK;
-    return select_exact(NULL, x, n, k, NULL, 0, idx, val);
+    struct survivor_pass sp = {.acc = acc, .mem = mem, .grad = grad, .n = n, .ws = ws};
+    return topk_sampled(&sp, k, seed, idx, val);
+}
+
+size_t crux_topk_ef(float *mem, const float *grad, size_t n, size_t k, uint64_t seed,
+                    struct crux_topk_ws *ws, uint32_t *idx, float *val)
+{
+    if (k > n)
+        k = n;
+    if (topk_trivial(n, k, ws)) {
+        crux_mem_accumulate(mem, mem, grad, n);
+        size_t got = topk_direct(mem, n, k, ws, idx, val);
+        crux_zero_at(mem, idx, got);
+        return got;
+    }
+    /* Survivors are stored as 0 during the pass; afterwards only the ~0.2-0.5 k that were
+     * not selected get their value back: fewer random stores than zeroing k entries. */
+    struct survivor_pass sp = {.acc = mem, .mem = mem, .grad = grad, .n = n, .ws = ws,
+                               .zero = 1, .ef = 1};
+    return topk_sampled(&sp, k, seed, idx, val);
 }
 
 size_t crux_topk_sparse(const uint32_t *cand_idx, const float *cand_val, size_t m, size_t k,

@@ -1,0 +1,196 @@
+/* test_codec_fused.c - the fused error-feedback selection (crux_topk_acc, crux_topk_ef)
+ * against the unfused reference crux_mem_accumulate + crux_topk (itself checked against a
+ * brute-force sort in test_codec.c): bit-identical indices, values, accumulator and
+ * memory on every ISA and every path through crux_topk; and the fused compaction kernels
+ * against the scalar one. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec/codec.h"
+#include "codec/codec_isa.h"
+#include "crux.h"
+
+static uint64_t rng_next(uint64_t *s) /* splitmix64 */
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void use_isa(const char *isa)
+{
+    if (crux_codec_force_isa(isa) != 0)
+        cr_skip_test("this CPU cannot run the %s codec kernels", isa);
+}
+
+enum dist { D_HEAVY, D_SMALL_INTS, D_WITH_NAN, D_NDIST };
+
+/* Heavy-tailed floats, small integers (ties everywhere, survivors overflow the
+ * workspace) or floats with NaNs and infinities. */
+static void fill(float *x, size_t n, enum dist d, uint64_t seed)
+{
+    uint64_t s = seed;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t r = rng_next(&s);
+        double u = ((double)(r >> 40) + 0.5) / (double)(1ull << 24);
+        double v = (double)((r >> 8) & 0xffff) / 65536.0 - 0.5;
+        switch (d) {
+        case D_HEAVY: x[i] = (float)(v / u * 1e-3); break;
+        case D_SMALL_INTS: x[i] = (float)((int)(r % 9) - 4); break;
+        default: x[i] = r % 4099 == 0 ? NAN : r % 4111 == 0 ? -INFINITY : (float)(v / u); break;
+        }
+    }
+}
+
+struct bufs {
+    float *mem, *grad, *acc, *acc_ref, *val, *val_ref;
+    uint32_t *idx, *idx_ref;
+};
+
+static struct bufs bufs_new(size_t n)
+{
+    struct bufs b = {malloc(n * 4), malloc(n * 4), malloc(n * 4), malloc(n * 4),
+                     malloc(n * 4), malloc(n * 4), malloc(n * 4), malloc(n * 4)};
+    cr_assert(b.mem && b.grad && b.acc && b.acc_ref && b.val && b.val_ref && b.idx && b.idx_ref);
+    return b;
+}
+
+static void bufs_free(struct bufs *b)
+{
+    free(b->mem); free(b->grad); free(b->acc); free(b->acc_ref);
+    free(b->val); free(b->val_ref); free(b->idx); free(b->idx_ref);
+}
+
+/* crux_topk_acc (acc separate, then in place) and crux_topk_ef against the reference. */
+static void check_fused(struct bufs *b, size_t n, size_t k, uint64_t seed, struct crux_topk_ws *ws,
+                        int *paths)
+{
+    crux_mem_accumulate(b->acc_ref, b->mem, b->grad, n);
+    size_t want = crux_topk(b->acc_ref, n, k, seed, ws, b->idx_ref, b->val_ref);
+
+    memset(b->acc, 0xa5, n * 4);
+    size_t got = crux_topk_acc(b->acc, b->mem, b->grad, n, k, seed, ws, b->idx, b->val);
+    if (ws && k > 0 && k < n)
+        paths[codec_topk_last_path(ws)]++;
+    cr_assert_eq(got, want, "n=%zu k=%zu", n, k);
+    cr_assert_eq(memcmp(b->idx, b->idx_ref, got * 4), 0, "n=%zu k=%zu: indices", n, k);
+    cr_assert_eq(memcmp(b->val, b->val_ref, got * 4), 0, "n=%zu k=%zu: values", n, k);
+    cr_assert_eq(memcmp(b->acc, b->acc_ref, n * 4), 0, "n=%zu k=%zu: accumulator", n, k);
+
+    /* error feedback in place: mem ends as acc with the selected entries zeroed */
+    memcpy(b->acc, b->mem, n * 4);
+    got = crux_topk_ef(b->acc, b->grad, n, k, seed, ws, b->idx, b->val);
+    cr_assert_eq(got, want);
+    cr_assert_eq(memcmp(b->idx, b->idx_ref, got * 4), 0, "n=%zu k=%zu: ef indices", n, k);
+    cr_assert_eq(memcmp(b->val, b->val_ref, got * 4), 0);
+    crux_zero_at(b->acc_ref, b->idx_ref, want);
+    cr_assert_eq(memcmp(b->acc, b->acc_ref, n * 4), 0, "n=%zu k=%zu: memory", n, k);
+}
+
+static void fused_vs_unfused_on(const char *isa)
+{
+    use_isa(isa);
+    static const size_t sizes[] = {1, 100, 8193, 65537, 300001};
+    struct crux_topk_ws *ws;
+    cr_assert_eq(crux_topk_ws_create(300001, 6000, &ws), CRUX_SUCCESS);
+    struct bufs b = bufs_new(300001);
+    int paths[4] = {0};
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        size_t n = sizes[si];
+        for (int d = 0; d < D_NDIST; d++) {
+            fill(b.mem, n, (enum dist)d, 10 * si + (uint64_t)d);
+            fill(b.grad, n, (enum dist)d, 1000 + 10 * si + (uint64_t)d);
+            const size_t ks[] = {0, 1, n / 1000 + 1, n / 100 + 3, n - 1, n, 7000};
+            for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++)
+                check_fused(&b, n, ks[ki], 5 + ki, ws, paths);
+        }
+    }
+    /* a negative margin makes the first (fused) pass come up short: the retry reads acc */
+    fill(b.mem, 300001, D_HEAVY, 91);
+    fill(b.grad, 300001, D_HEAVY, 92);
+    codec_topk_set_margin(ws, -4.0);
+    for (uint64_t seed = 0; seed < 6; seed++)
+        check_fused(&b, 300001, 3000, seed, ws, paths);
+    check_fused(&b, 300001, 30, 1, NULL, paths); /* no workspace */
+    /* ties everywhere and a small workspace: the survivors overflow it, exact fallback */
+    struct crux_topk_ws *small;
+    cr_assert_eq(crux_topk_ws_create(300001, 400, &small), CRUX_SUCCESS);
+    fill(b.mem, 300001, D_SMALL_INTS, 93);
+    fill(b.grad, 300001, D_SMALL_INTS, 94);
+    check_fused(&b, 300001, 301, 1, small, paths);
+    crux_topk_ws_free(small);
+    for (int p = 0; p < 4; p++)
+        cr_assert_gt(paths[p], 0, "path %d never taken", p);
+    bufs_free(&b);
+    crux_topk_ws_free(ws);
+}
+
+Test(fused, same_as_unfused_scalar, .timeout = 60) { fused_vs_unfused_on("scalar"); }
+Test(fused, same_as_unfused_avx2, .timeout = 60) { fused_vs_unfused_on("avx2"); }
+Test(fused, same_as_unfused_avx512, .timeout = 60) { fused_vs_unfused_on("avx512"); }
+
+/* The fused compaction kernels directly: same survivors as the unfused scalar kernel on
+ * mem + grad, acc complete even on overflow, tails of every length, in place too; with
+ * zero set, exactly the recorded survivors (the first cap on overflow) are stored as +0. */
+typedef size_t (*compact_acc_fn)(float *, const float *, const float *, size_t, uint32_t,
+                                 uint32_t *, float *, size_t, int);
+
+static void expect_acc(const float *a, const float *ref, size_t n, const uint32_t *rec, size_t nrec,
+                       int zero, const char *what, size_t cap)
+{
+    size_t r = 0;
+    for (size_t i = 0; i < n; i++) {
+        int z = zero && r < nrec && rec[r] == i;
+        r += r < nrec && rec[r] == i;
+        uint32_t got, want;
+        float w = z ? 0.0f : ref[i];
+        memcpy(&got, &a[i], 4);
+        memcpy(&want, &w, 4);
+        cr_assert_eq(got, want, "%s: acc[%zu] (n=%zu cap=%zu zero=%d)", what, i, n, cap, zero);
+    }
+}
+
+static void compact_acc_matches(const char *isa)
+{
+    use_isa(isa);
+    compact_acc_fn fn = !strcmp(isa, "avx512") ? codec_compact_acc_avx512
+                        : !strcmp(isa, "avx2") ? codec_compact_acc_avx2 : codec_compact_acc_scalar;
+    enum { N = 300 };
+    float m[N], g[N], a[N], ref[N], inplace[N];
+    uint32_t i1[N + 1], i2[N + 1];
+    float v1[N + 1], v2[N + 1];
+    fill(m, N, D_SMALL_INTS, 3);
+    fill(g, N, D_SMALL_INTS, 4);
+    m[5] = NAN;
+    g[299] = -INFINITY;
+    for (size_t i = 0; i < N; i++)
+        ref[i] = m[i] + g[i];
+    const uint32_t thrs[] = {0, 0x3f800000u /* 1.0 */, 0x40e00000u /* 7.0 */, 0x7f800000u, 0x7f800001u};
+    for (int zero = 0; zero < 2; zero++)
+        for (size_t n = 0; n <= N; n++)
+            for (size_t t = 0; t < sizeof thrs / sizeof thrs[0]; t++) {
+                size_t want = codec_compact_scalar(ref, n, thrs[t], i1, v1, N);
+                for (size_t cap = want > 3 ? want - 3 : 0; cap <= want + 70 && cap <= N; cap++) {
+                    memset(a, 0xa5, sizeof a);
+                    size_t got = fn(a, m, g, n, thrs[t], i2, v2, cap, zero);
+                    size_t rec = want > cap ? cap : want;
+                    cr_assert_eq(got, want > cap ? cap + 1 : want, "n=%zu thr=%x cap=%zu", n, thrs[t], cap);
+                    cr_assert_eq(memcmp(i1, i2, rec * 4), 0, "n=%zu cap=%zu: recorded indices", n, cap);
+                    cr_assert_eq(memcmp(v1, v2, rec * 4), 0, "n=%zu cap=%zu: recorded values", n, cap);
+                    expect_acc(a, ref, n, i1, rec, zero, isa, cap);
+                }
+                for (size_t cap = want > 40 ? want - 40 : 0; cap <= want; cap++) { /* in place */
+                    memcpy(inplace, m, sizeof inplace);
+                    size_t got = fn(inplace, inplace, g, n, thrs[t], i2, v2, cap, zero);
+                    cr_assert_eq(got, want > cap ? cap + 1 : want);
+                    expect_acc(inplace, ref, n, i1, want > cap ? cap : want, zero, "in place", cap);
+                }
+            }
+}
+
+Test(compact_acc, scalar_matches_unfused) { compact_acc_matches("scalar"); }
+Test(compact_acc, avx2_matches_unfused) { compact_acc_matches("avx2"); }
+Test(compact_acc, avx512_matches_unfused) { compact_acc_matches("avx512"); }

@@ -27,14 +27,22 @@
 
 #include "lib/compress.h"
 
-/* The leader's part of a chunk: p = m + g, then select and encode. Returns the
- * encoded length. (One pass once the fused error-feedback top-k kernel is in.) */
+/* The leader's part of a chunk: p = m + g and its top-k in one pass (crux_topk_acc,
+ * split over the encode pool), out[chunk] zeroed behind it, the indices encoded.
+ * Without a memory p is grad itself. Returns the encoded length in *elen. */
 static int cltk_leader_select(struct crux_compressor *c, size_t ch, const float *grad,
                               float *out, uint32_t *idx, float *val, size_t *elen)
 {
-    size_t off = cx_chunk_off(c, ch), len = cx_chunk_len(c, ch), k = cx_chunk_k(c, len);
-    CRUX_TRY(cx_accumulate_zero(c, ch, grad, out));
-    size_t got = crux_topk(c->acc + off, len, k, c->cfg.seed + ch, c->ws, idx, val);
+    size_t off = cx_chunk_off(c, ch), len = cx_chunk_len(c, ch), k = cx_chunk_k(c, len), got;
+    if (c->cfg.memory == CRUX_MEMORY_NONE) {
+        CRUX_TRY(cx_accumulate_zero(c, ch, grad, out));
+        got = crux_topk(c->acc + off, len, k, c->cfg.seed + ch, c->ws, idx, val);
+    } else {
+        got = crux_topk_acc(c->acc + off, c->mem + off, grad + off, len, k, c->cfg.seed + ch, c->ws,
+                            idx, val);
+        cx_zero_out(out, grad, c->n, off, len);
+        CRUX_TRY(cx_poll(c));
+    }
     c->nk[ch] = got;
     *elen = crux_idx_encode(idx, got, len, c->encbuf);
     return CRUX_SUCCESS;

@@ -192,6 +192,13 @@ static int cx_alloc_all(struct crux_compressor *c)
                    c->chunk_len, cm);
         return CRUX_ERR_NOMEM;
     }
+    int threads = c->comm->ctx->cfg.encode_threads;
+    if ((rc = crux_pool_create(threads, &c->pool)) != CRUX_SUCCESS ||
+        (rc = crux_topk_ws_use_pool(c->ws, c->pool)) != CRUX_SUCCESS) {
+        crux_error(CRUX_SUBSYS_CODEC, "crux_compressor_create: encode pool of %d threads "
+                   "(CRUX_ENCODE_THREADS): %s", threads, crux_error_string(rc));
+        return rc;
+    }
     size_t vals_bytes = 4 * km;
     if (c->cfg.codec == CRUX_CODEC_GTOPK) {
         if (!(c->lidx = cx_alloc(nch * km * 4, "local indices", &rc)) ||
@@ -253,6 +260,7 @@ int crux_compressor_free(crux_compressor_t *pc)
     }
     if (c->ws)
         crux_topk_ws_free(c->ws);
+    crux_pool_free(c->pool);
     if (c->acc != c->mem)
         free(c->acc);
     free(c->mom), free(c->mem), free(c->idx), free(c->val), free(c->nk), free(c->sent);
@@ -633,27 +641,31 @@ static int cx_overlaps(const float *a, const float *b, size_t n)
     return (uintptr_t)a < (uintptr_t)(b + n) && (uintptr_t)b < (uintptr_t)(a + n);
 }
 
+void cx_zero_out(float *out, const float *grad, size_t n, size_t off, size_t m)
+{
+    if (cx_overlaps(grad, out, n)) {
+        memset(out + off, 0, m * 4);
+        return;
+    }
+    cx_zero_stream(out + off, m);
+#ifdef __SSE2__
+    _mm_sfence(); /* order the streamed zeros before the scatter into out */
+#endif
+}
+
 int cx_accumulate_zero(struct crux_compressor *c, size_t chunk, const float *grad, float *out)
 {
     size_t off = cx_chunk_off(c, chunk), len = cx_chunk_len(c, chunk);
-    /* out may be grad: each sub-block is zeroed only after it was read, while its
-     * lines are still in cache (plain stores); a separate out is streamed. */
-    int alias = cx_overlaps(grad, out, c->n);
+    /* each sub-block of out is zeroed right after the same block of grad was read */
     for (size_t o = 0; o < len; o += CX_POLL_ELEMS) {
         size_t m = len - o < CX_POLL_ELEMS ? len - o : CX_POLL_ELEMS;
         if (c->cfg.memory == CRUX_MEMORY_NONE)
             memcpy(c->acc + off + o, grad + off + o, m * 4);
         else
             crux_mem_accumulate(c->acc + off + o, c->mem + off + o, grad + off + o, m);
-        if (alias)
-            memset(out + off + o, 0, m * 4);
-        else
-            cx_zero_stream(out + off + o, m);
+        cx_zero_out(out, grad, c->n, off + o, m);
         CRUX_TRY(cx_poll(c));
     }
-#ifdef __SSE2__
-    _mm_sfence(); /* order the streamed zeros before the scatter into out */
-#endif
     return CRUX_SUCCESS;
 }
 

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "codec/codec.h"
+#include "codec/pool.h"
 #include "codec/qsgd.h"
 #include "crux_internal.h"
 
@@ -65,6 +66,7 @@ struct crux_compressor {
     float *tval;
     uint32_t *sent;             /* [cand_max] scratch: indices to clear in memory */
     struct crux_topk_ws *ws;
+    struct crux_pool *pool;     /* encode workers (CRUX_ENCODE_THREADS), NULL = this thread */
     struct crux_sketch *sk;     /* [nchunks] (SKETCH) */
     float *est;                 /* [chunk_len] sketch estimates; QSGD ring partial sums */
     uint8_t *stepbuf;           /* [CX_FIFO * stepcap] encoded messages */
@@ -129,6 +131,9 @@ int cx_wait(struct crux_compressor *c, struct cx_step *s);
 int cx_accumulate(struct crux_compressor *c, size_t chunk, const float *grad);
 /* The same, and out[chunk] = 0 in the same pass (out may be grad). */
 int cx_accumulate_zero(struct crux_compressor *c, size_t chunk, const float *grad, float *out);
+/* out[off, off+m) = 0 once grad there was read (out may be grad): plain stores when they
+ * alias (the lines are cached), non-temporal ones into a separate out. */
+void cx_zero_out(float *out, const float *grad, size_t n, size_t off, size_t m);
 /* Memory update of a chunk after sent[0..k) (chunk-relative, ascending) left. */
 void cx_mem_update(struct crux_compressor *c, size_t chunk, const uint32_t *sent, size_t k);
 /* out[chunk] = 0 except out[idx] = val. */

@@ -15,13 +15,14 @@
  * encoded indices (variable-length broadcast), then A(ch) the dense allreduce of
  * the k values in place.
  * - The leader never waits for the network inside the loop: it knows its indices
- *   and values once it has selected, so it posts B(ch) and A(ch) at once and goes
- *   on to chunk ch+1 while they move.
+ *   and values once it has selected, so it posts B(ch) and A(ch) at once (the FIFO
+ *   has a slot for every step of the call, cx_fifo_depth) and goes on to chunk ch+1
+ *   while they move. Each wait would be a round trip through a follower that, on
+ *   shared cores, may not be scheduled for milliseconds.
  * - A follower posts B(ch) before accumulating chunk ch, so its receive is ready
  *   when the leader's frame arrives, then gathers its values there.
- * - out[ch] is zeroed in the accumulate pass, behind the read of grad (out may be
- *   grad), and filled once A(ch) is done, which is checked one chunk later, when it
- *   has long finished.
+ * - out[ch] is zeroed right behind the read of grad[ch] (out may be grad); the k
+ *   sums of every chunk are scattered into it once the queue has drained.
  */
 #include <string.h>
 
@@ -72,16 +73,16 @@ static int cltk_post_bcast(struct crux_compressor *c, size_t ch, int leader, siz
     return cx_post_bcast_var(c, leader, c->encbuf, elen, head, s);
 }
 
-/* Wait for A(ch) (normally long done) and put its sums into the zeroed out[ch]. */
-static int cltk_fill_chunk(struct crux_compressor *c, size_t ch, struct cx_step *a, float *out)
+/* Every A(ch) is done: put the sums into the zeroed output. */
+static void cltk_fill(struct crux_compressor *c, float *out)
 {
-    CRUX_TRY(cx_wait(c, a));
     double t = cx_tic();
-    crux_scatter(out + cx_chunk_off(c, ch), c->idx + ch * c->cand_max, c->val + ch * c->cand_max,
-                 c->nk[ch]);
-    c->st.nnz += c->nk[ch];
+    for (size_t ch = 0; ch < c->nchunks; ch++) {
+        crux_scatter(out + cx_chunk_off(c, ch), c->idx + ch * c->cand_max, c->val + ch * c->cand_max,
+                     c->nk[ch]);
+        c->st.nnz += c->nk[ch];
+    }
     c->st.decode_s += cx_tic() - t;
-    return CRUX_SUCCESS;
 }
 
 static void cltk_mem_update(struct crux_compressor *c, size_t ch)
@@ -93,7 +94,6 @@ static void cltk_mem_update(struct crux_compressor *c, size_t ch)
 
 static int cltk_leader(struct crux_compressor *c, const float *grad, float *out)
 {
-    struct cx_step *prev = NULL;
     for (size_t ch = 0; ch < c->nchunks; ch++) {
         uint32_t *idx = c->idx + ch * c->cand_max;
         float *val = c->val + ch * c->cand_max;
@@ -101,20 +101,16 @@ static int cltk_leader(struct crux_compressor *c, const float *grad, float *out)
         size_t elen;
         CRUX_TRY(cltk_leader_select(c, ch, grad, out, idx, val, &elen));
         c->st.encode_s += cx_tic() - t;
-        struct cx_step *a;
         CRUX_TRY(cltk_post_bcast(c, ch, c->comm->rank, elen, NULL));
-        CRUX_TRY(cx_post_allreduce(c, val, c->nk[ch], &a));
+        CRUX_TRY(cx_post_allreduce(c, val, c->nk[ch], NULL));
         cltk_mem_update(c, ch);
-        if (prev)
-            CRUX_TRY(cltk_fill_chunk(c, ch - 1, prev, out));
-        prev = a;
     }
-    return cltk_fill_chunk(c, c->nchunks - 1, prev, out);
+    return CRUX_SUCCESS;
 }
 
 static int cltk_follower(struct crux_compressor *c, int leader, const float *grad, float *out)
 {
-    struct cx_step *prev = NULL, *b;
+    struct cx_step *b;
     CRUX_TRY(cltk_post_bcast(c, 0, leader, 0, &b));
     for (size_t ch = 0; ch < c->nchunks; ch++) {
         uint32_t *idx = c->idx + ch * c->cand_max;
@@ -126,16 +122,12 @@ static int cltk_follower(struct crux_compressor *c, int leader, const float *gra
         t = cx_tic();
         CRUX_TRY(cltk_receive(c, ch, b, leader, idx, val));
         c->st.encode_s += cx_tic() - t;
-        struct cx_step *a;
-        CRUX_TRY(cx_post_allreduce(c, val, c->nk[ch], &a));
+        CRUX_TRY(cx_post_allreduce(c, val, c->nk[ch], NULL));
         if (ch + 1 < c->nchunks)
             CRUX_TRY(cltk_post_bcast(c, ch + 1, leader, 0, &b));
         cltk_mem_update(c, ch);
-        if (prev)
-            CRUX_TRY(cltk_fill_chunk(c, ch - 1, prev, out));
-        prev = a;
     }
-    return cltk_fill_chunk(c, c->nchunks - 1, prev, out);
+    return CRUX_SUCCESS;
 }
 
 int crux_cltk_allreduce(struct crux_compressor *c, const float *grad, float *out)
@@ -144,5 +136,7 @@ int crux_cltk_allreduce(struct crux_compressor *c, const float *grad, float *out
     int rc = c->comm->rank == leader ? cltk_leader(c, grad, out) : cltk_follower(c, leader, grad, out);
     if (rc == CRUX_SUCCESS)
         rc = cx_wait(c, NULL);
+    if (rc == CRUX_SUCCESS)
+        cltk_fill(c, out);
     return rc;
 }

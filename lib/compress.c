@@ -172,6 +172,16 @@ static void sketch_shape(const struct crux_compressor *c, int *rows, int *cols)
     *cols = c->cfg.sketch_cols ? c->cfg.sketch_cols : (int)(want > CX_MAX_COLS ? CX_MAX_COLS : want);
 }
 
+/* CLT-k's leader posts two small steps per chunk and must never wait for a slot:
+ * every wait is a round trip through a follower that may not be scheduled (ranks
+ * sharing cores), so it gets a slot for every step of the call. The other codecs
+ * wait for chunk i-1 while posting chunk i anyway, and their slots are large. */
+static int cx_fifo_depth(const struct crux_compressor *c)
+{
+    size_t want = c->cfg.codec == CRUX_CODEC_CLTK ? 2 * c->nchunks + 1 : 4;
+    return want > CX_FIFO ? CX_FIFO : want < 4 ? 4 : (int)want;
+}
+
 static int cx_alloc_all(struct crux_compressor *c)
 {
     int rc = CRUX_SUCCESS;
@@ -234,7 +244,8 @@ static int cx_alloc_all(struct crux_compressor *c)
     else if (c->cfg.codec == CRUX_CODEC_QSGD) /* ring: the P blocks + a hop in and out */
         need = (P < 3 ? 3 : P) * crux_qsgd_encoded_bytes(&c->q, c->chunk_len) + 64 * P;
     c->stepcap = (need + 63) & ~(size_t)63;
-    if (!(c->stepbuf = cx_alloc(CX_FIFO * c->stepcap, "message buffers", &rc)) ||
+    c->depth = cx_fifo_depth(c);
+    if (!(c->stepbuf = cx_alloc((size_t)c->depth * c->stepcap, "message buffers", &rc)) ||
         !(c->encbuf = cx_alloc(c->stepcap, "the encode buffer", &rc)))
         return rc;
     return CRUX_SUCCESS;
@@ -305,7 +316,7 @@ int crux_compressor_create(crux_comm_t comm, size_t count, const crux_compress_c
                                                     : c->kmax;
     if ((rc = cx_alloc_all(c)) != CRUX_SUCCESS)
         goto fail;
-    for (int i = 0; i < CX_FIFO; i++)
+    for (int i = 0; i < c->depth; i++)
         c->fifo[i].buf = c->stepbuf + (size_t)i * c->stepcap;
     /* The schedules post at most a few transfers per phase. */
     if ((rc = crux_comm_reserve(comm, 16 + 2 * comm->size, 0)) != CRUX_SUCCESS) /* + ring allgather */
@@ -386,7 +397,7 @@ static int cx_step_run(struct crux_compressor *c, struct cx_step *s)
     if (rc != CRUX_SUCCESS)
         return cx_failed(c, s, rc);
     s->done = 1;
-    c->head = (c->head + 1) % CX_FIFO;
+    c->head = (c->head + 1) % c->depth;
     if (--c->nsteps == 0)
         c->st.comm_s += cx_tic() - c->t_comm_busy;
     return CRUX_SUCCESS;
@@ -441,9 +452,9 @@ int cx_wait(struct crux_compressor *c, struct cx_step *until)
 /* Append a step; with the FIFO full, wait for the head first. */
 static int cx_enqueue(struct crux_compressor *c, struct cx_step **out)
 {
-    if (c->nsteps == CX_FIFO)
+    if (c->nsteps == c->depth)
         CRUX_TRY(cx_wait(c, &c->fifo[c->head]));
-    struct cx_step *s = &c->fifo[(c->head + c->nsteps) % CX_FIFO];
+    struct cx_step *s = &c->fifo[(c->head + c->nsteps) % c->depth];
     s->cx = c;
     s->started = s->done = 0;
     if (c->nsteps++ == 0)
@@ -582,9 +593,9 @@ int cx_post_qring(struct crux_compressor *c, size_t chunk, const float *src, str
 
 int cx_next_buf(struct crux_compressor *c, uint8_t **buf)
 {
-    if (c->nsteps == CX_FIFO)
+    if (c->nsteps == c->depth)
         CRUX_TRY(cx_wait(c, &c->fifo[c->head]));
-    *buf = c->fifo[(c->head + c->nsteps) % CX_FIFO].buf;
+    *buf = c->fifo[(c->head + c->nsteps) % c->depth].buf;
     return CRUX_SUCCESS;
 }
 
@@ -729,6 +740,10 @@ int crux_compressed_allreduce(crux_compressor_t c, const float *grad, float *out
     default: rc = crux_sketch_allreduce(c, grad, out); break;
     }
     c->st.total_s = cx_tic() - t0;
+    crux_debug(CRUX_SUBSYS_CODEC, "compressed call %" PRIu64 ": %s, total %.3f ms, encode %.3f, "
+               "comm %.3f, decode %.3f, wire %" PRIu64 " B", c->calls, crux_error_string(rc),
+               c->st.total_s * 1e3, c->st.encode_s * 1e3, c->st.comm_s * 1e3, c->st.decode_s * 1e3,
+               c->st.wire_bytes);
     c->calls++;
     return rc;
 }

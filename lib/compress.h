@@ -19,7 +19,7 @@
 #include "codec/qsgd.h"
 #include "crux_internal.h"
 
-#define CX_FIFO 4                      /* communication steps queued at once */
+#define CX_FIFO 16                     /* most communication steps queued at once */
 #define CX_POLL_ELEMS ((size_t)16384)  /* encode sub-block between two polls */
 
 enum cx_step_kind { CX_ALLREDUCE = 1, CX_BCAST_VAR, CX_GTOPK, CX_ALLGATHER, CX_QRING };
@@ -69,11 +69,12 @@ struct crux_compressor {
     struct crux_pool *pool;     /* encode workers (CRUX_ENCODE_THREADS), NULL = this thread */
     struct crux_sketch *sk;     /* [nchunks] (SKETCH) */
     float *est;                 /* [chunk_len] sketch estimates; QSGD ring partial sums */
-    uint8_t *stepbuf;           /* [CX_FIFO * stepcap] encoded messages */
+    uint8_t *stepbuf;           /* [depth * stepcap] encoded messages */
     size_t stepcap;
     uint8_t *encbuf;            /* [stepcap] this rank's encoded message */
     struct cx_step fifo[CX_FIFO];
-    int head, nsteps;           /* queued steps: fifo[head .. head + nsteps) */
+    int depth;                  /* slots in use, <= CX_FIFO (see cx_fifo_depth) */
+    int head, nsteps;           /* queued steps: fifo[head .. head + nsteps) mod depth */
     crux_compress_stats_t st;   /* of the call in progress / the last call */
     double t_comm_busy;         /* start of the current busy period of the FIFO */
 };

@@ -41,7 +41,7 @@ static int cltk_leader_select(struct crux_compressor *c, size_t ch, const float 
     } else {
         got = crux_topk_acc(c->acc + off, c->mem + off, grad + off, len, k, c->cfg.seed + ch, c->ws,
                             idx, val);
-        cx_zero_out(out, grad, c->n, off, len);
+        cx_zero_out_pooled(c, out, grad, off, len);
         CRUX_TRY(cx_poll(c));
     }
     c->nk[ch] = got;

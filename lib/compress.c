@@ -2,6 +2,7 @@
  * communication FIFO the compressed schedules run on (see compress.h). */
 #include <inttypes.h>
 #include <math.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,6 +183,17 @@ static int cx_fifo_depth(const struct crux_compressor *c)
     return want > CX_FIFO ? CX_FIFO : want < 4 ? 4 : (int)want;
 }
 
+/* CRUX_ENCODE_THREADS, or by default this rank's share of its cpuset: ranks on one
+ * host that all spawn a thread per core would oversubscribe it. */
+static int cx_encode_threads(const struct crux_ctx *ctx)
+{
+    cpu_set_t set;
+    if (ctx->cfg.encode_threads > 0 || sched_getaffinity(0, sizeof set, &set) != 0)
+        return ctx->cfg.encode_threads;
+    int share = CPU_COUNT(&set) / (ctx->local_size > 0 ? ctx->local_size : 1);
+    return share > 1 ? share : 1;
+}
+
 static int cx_alloc_all(struct crux_compressor *c)
 {
     int rc = CRUX_SUCCESS;
@@ -202,7 +214,7 @@ static int cx_alloc_all(struct crux_compressor *c)
                    c->chunk_len, cm);
         return CRUX_ERR_NOMEM;
     }
-    int threads = c->comm->ctx->cfg.encode_threads;
+    int threads = cx_encode_threads(c->comm->ctx);
     if ((rc = crux_pool_create(threads, &c->pool)) != CRUX_SUCCESS ||
         (rc = crux_topk_ws_use_pool(c->ws, c->pool)) != CRUX_SUCCESS) {
         crux_error(CRUX_SUBSYS_CODEC, "crux_compressor_create: encode pool of %d threads "
@@ -662,6 +674,33 @@ void cx_zero_out(float *out, const float *grad, size_t n, size_t off, size_t m)
 #ifdef __SSE2__
     _mm_sfence(); /* order the streamed zeros before the scatter into out */
 #endif
+}
+
+struct cx_zero_job {
+    float *x;
+    size_t n;
+    int stream;
+};
+
+static void cx_zero_part(void *arg, int part, int nparts)
+{
+    const struct cx_zero_job *j = arg;
+    size_t lo, hi;
+    crux_pool_range(j->n, 16, part, nparts, &lo, &hi);
+    if (!j->stream) {
+        memset(j->x + lo, 0, (hi - lo) * 4);
+        return;
+    }
+    cx_zero_stream(j->x + lo, hi - lo);
+#ifdef __SSE2__
+    _mm_sfence();
+#endif
+}
+
+void cx_zero_out_pooled(struct crux_compressor *c, float *out, const float *grad, size_t off, size_t m)
+{
+    struct cx_zero_job j = { out + off, m, !cx_overlaps(grad, out, c->n) };
+    crux_pool_run(c->pool, cx_zero_part, &j);
 }
 
 int cx_accumulate_zero(struct crux_compressor *c, size_t chunk, const float *grad, float *out)

@@ -135,6 +135,8 @@ int cx_accumulate_zero(struct crux_compressor *c, size_t chunk, const float *gra
 /* out[off, off+m) = 0 once grad there was read (out may be grad): plain stores when they
  * alias (the lines are cached), non-temporal ones into a separate out. */
 void cx_zero_out(float *out, const float *grad, size_t n, size_t off, size_t m);
+/* The same for a block grad no longer needs, split over the encode pool. */
+void cx_zero_out_pooled(struct crux_compressor *c, float *out, const float *grad, size_t off, size_t m);
 /* Memory update of a chunk after sent[0..k) (chunk-relative, ascending) left. */
 void cx_mem_update(struct crux_compressor *c, size_t chunk, const uint32_t *sent, size_t k);
 /* out[chunk] = 0 except out[idx] = val. */

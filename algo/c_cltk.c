@@ -11,27 +11,45 @@
  *     m_i = (1 - beta) m_i + beta (p_i - CLT-k_l(p_i))     (crux_mem_lowpass)
  * out is the SUM over ranks (crux.h), not the mean.
  *
- * Per chunk: every rank accumulates p; the leader selects k indices and encodes
- * them (crux_idx_encode); a variable-length broadcast carries them; every rank
- * gathers its values there, updates its memory and queues a dense allreduce of
- * the k values in place. That allreduce runs while the next chunk is accumulated
- * and selected; the broadcast of the next chunk queues behind it.
+ * Per chunk, steps posted in the same order on every rank: B(ch) the leader's
+ * encoded indices (variable-length broadcast), then A(ch) the dense allreduce of
+ * the k values in place.
+ * - The leader never waits for the network inside the loop: it knows its indices
+ *   and values once it has selected, so it posts B(ch) and A(ch) at once (the FIFO
+ *   has a slot for every step of the call, cx_fifo_depth) and goes on to chunk ch+1
+ *   while they move. Each wait would be a round trip through a follower that, on
+ *   shared cores, may not be scheduled for milliseconds.
+ * - A follower posts B(ch) before accumulating chunk ch, so its receive is ready
+ *   when the leader's frame arrives, then gathers its values there.
+ * - out[ch] is zeroed right behind the read of grad[ch] (out may be grad); the k
+ *   sums of every chunk are scattered into it once the queue has drained.
  */
 #include <string.h>
 
 #include "lib/compress.h"
 
-/* The leader's part of a chunk: select and encode. Returns the encoded length. */
-static size_t cltk_select(struct crux_compressor *c, size_t ch, uint32_t *idx, float *val,
-                          uint8_t *enc)
+/* The leader's part of a chunk: p = m + g and its top-k in one pass (crux_topk_acc,
+ * split over the encode pool), out[chunk] zeroed behind it, the indices encoded.
+ * Without a memory p is grad itself. Returns the encoded length in *elen. */
+static int cltk_leader_select(struct crux_compressor *c, size_t ch, const float *grad,
+                              float *out, uint32_t *idx, float *val, size_t *elen)
 {
-    size_t off = cx_chunk_off(c, ch), len = cx_chunk_len(c, ch), k = cx_chunk_k(c, len);
-    size_t got = crux_topk(c->acc + off, len, k, c->cfg.seed + ch, c->ws, idx, val);
+    size_t off = cx_chunk_off(c, ch), len = cx_chunk_len(c, ch), k = cx_chunk_k(c, len), got;
+    if (c->cfg.memory == CRUX_MEMORY_NONE) {
+        CRUX_TRY(cx_accumulate_zero(c, ch, grad, out));
+        got = crux_topk(c->acc + off, len, k, c->cfg.seed + ch, c->ws, idx, val);
+    } else {
+        got = crux_topk_acc(c->acc + off, c->mem + off, grad + off, len, k, c->cfg.seed + ch, c->ws,
+                            idx, val);
+        cx_zero_out_pooled(c, out, grad, off, len);
+        CRUX_TRY(cx_poll(c));
+    }
     c->nk[ch] = got;
-    return crux_idx_encode(idx, got, len, enc);
+    *elen = crux_idx_encode(idx, got, len, c->encbuf);
+    return CRUX_SUCCESS;
 }
 
-/* A non-leader's part: decode the leader's indices and gather our values. */
+/* A follower's part: decode the leader's indices and gather our values. */
 static int cltk_receive(struct crux_compressor *c, size_t ch, const struct cx_step *s,
                         int leader, uint32_t *idx, float *val)
 {
@@ -48,44 +66,77 @@ static int cltk_receive(struct crux_compressor *c, size_t ch, const struct cx_st
     return CRUX_SUCCESS;
 }
 
-static void cltk_write_chunk(struct crux_compressor *c, size_t ch, float *out)
+static int cltk_post_bcast(struct crux_compressor *c, size_t ch, int leader, size_t elen,
+                           struct cx_step **s)
+{
+    size_t head = cx_frame_head(c, cx_chunk_k(c, cx_chunk_len(c, ch)), 0);
+    return cx_post_bcast_var(c, leader, c->encbuf, elen, head, s);
+}
+
+/* Every A(ch) is done: put the sums into the zeroed output. */
+static void cltk_fill(struct crux_compressor *c, float *out)
 {
     double t = cx_tic();
-    cx_write_out(c, ch, out, c->idx + ch * c->cand_max, c->val + ch * c->cand_max, c->nk[ch]);
-    c->st.nnz += c->nk[ch];
+    for (size_t ch = 0; ch < c->nchunks; ch++) {
+        crux_scatter(out + cx_chunk_off(c, ch), c->idx + ch * c->cand_max, c->val + ch * c->cand_max,
+                     c->nk[ch]);
+        c->st.nnz += c->nk[ch];
+    }
     c->st.decode_s += cx_tic() - t;
 }
 
-int crux_cltk_allreduce(struct crux_compressor *c, const float *grad, float *out)
+static void cltk_mem_update(struct crux_compressor *c, size_t ch)
 {
-    int P = c->comm->size, me = c->comm->rank, leader = (int)(c->calls % (uint64_t)P);
+    double t = cx_tic();
+    cx_mem_update(c, ch, c->idx + ch * c->cand_max, c->nk[ch]);
+    c->st.decode_s += cx_tic() - t;
+}
+
+static int cltk_leader(struct crux_compressor *c, const float *grad, float *out)
+{
     for (size_t ch = 0; ch < c->nchunks; ch++) {
         uint32_t *idx = c->idx + ch * c->cand_max;
         float *val = c->val + ch * c->cand_max;
         double t = cx_tic();
-        CRUX_TRY(cx_accumulate(c, ch, grad));
-        size_t elen = 0;
-        if (me == leader)
-            elen = cltk_select(c, ch, idx, val, c->encbuf);
+        size_t elen;
+        CRUX_TRY(cltk_leader_select(c, ch, grad, out, idx, val, &elen));
         c->st.encode_s += cx_tic() - t;
-        struct cx_step *s;
-        CRUX_TRY(cx_post_bcast_var(c, leader, c->encbuf, elen,
-                                   cx_frame_head(c, cx_chunk_k(c, cx_chunk_len(c, ch)), 0), &s));
-        CRUX_TRY(cx_wait(c, s));
-        t = cx_tic();
-        if (me != leader)
-            CRUX_TRY(cltk_receive(c, ch, s, leader, idx, val));
-        c->st.encode_s += cx_tic() - t;
-        t = cx_tic();
-        cx_mem_update(c, ch, idx, c->nk[ch]);
-        c->st.decode_s += cx_tic() - t;
+        CRUX_TRY(cltk_post_bcast(c, ch, c->comm->rank, elen, NULL));
         CRUX_TRY(cx_post_allreduce(c, val, c->nk[ch], NULL));
-        /* The broadcast above queued behind the previous chunk's allreduce: that
-         * chunk is complete, write it out while this one is summed. */
-        if (ch > 0)
-            cltk_write_chunk(c, ch - 1, out);
+        cltk_mem_update(c, ch);
     }
-    CRUX_TRY(cx_wait(c, NULL));
-    cltk_write_chunk(c, c->nchunks - 1, out);
     return CRUX_SUCCESS;
+}
+
+static int cltk_follower(struct crux_compressor *c, int leader, const float *grad, float *out)
+{
+    struct cx_step *b;
+    CRUX_TRY(cltk_post_bcast(c, 0, leader, 0, &b));
+    for (size_t ch = 0; ch < c->nchunks; ch++) {
+        uint32_t *idx = c->idx + ch * c->cand_max;
+        float *val = c->val + ch * c->cand_max;
+        double t = cx_tic();
+        CRUX_TRY(cx_accumulate_zero(c, ch, grad, out));
+        c->st.encode_s += cx_tic() - t;
+        CRUX_TRY(cx_wait(c, b));
+        t = cx_tic();
+        CRUX_TRY(cltk_receive(c, ch, b, leader, idx, val));
+        c->st.encode_s += cx_tic() - t;
+        CRUX_TRY(cx_post_allreduce(c, val, c->nk[ch], NULL));
+        if (ch + 1 < c->nchunks)
+            CRUX_TRY(cltk_post_bcast(c, ch + 1, leader, 0, &b));
+        cltk_mem_update(c, ch);
+    }
+    return CRUX_SUCCESS;
+}
+
+int crux_cltk_allreduce(struct crux_compressor *c, const float *grad, float *out)
+{
+    int leader = (int)(c->calls % (uint64_t)c->comm->size);
+    int rc = c->comm->rank == leader ? cltk_leader(c, grad, out) : cltk_follower(c, leader, grad, out);
+    if (rc == CRUX_SUCCESS)
+        rc = cx_wait(c, NULL);
+    if (rc == CRUX_SUCCESS)
+        cltk_fill(c, out);
+    return rc;
 }

@@ -137,7 +137,7 @@ typedef enum {
     CRUX_CODEC_GTOPK,
     CRUX_CODEC_TOPK, /* DGC: per-rank top-k + momentum correction, sparse allgather */
     CRUX_CODEC_SKETCH,
-    CRUX_CODEC_QSGD /* stochastic quantisation, buckets of 512, allgather of payloads */
+    CRUX_CODEC_QSGD /* stochastic quantisation, buckets of 512, allgather or ring (qsgd_reduce) */
 } crux_codec_t;
 
 typedef enum {
@@ -157,7 +157,22 @@ typedef struct {
     int sketch_rows, sketch_cols; /* rows 1..8, cols per chunk; 0 = derived from density */
     int qsgd_levels;              /* s, 1..127: 1 -> 2-bit, <= 7 -> 4-bit, else 8-bit codes */
     uint64_t seed;                /* selection sampling and sketch hashes */
+    int qsgd_reduce;              /* QSGD only: how payloads are summed, crux_qsgd_reduce_t */
 } crux_compress_config_t;
+
+/* QSGD reduction (cfg.qsgd_reduce). Per rank and call, n floats, 4-bit codes:
+ *  ALLGATHER: every rank quantises its vector once; the payloads are allgathered and
+ *    every rank decodes all P of them. Sends (P-1) * n/2 bytes; the error is the sum of
+ *    P independent quantisation errors, each scaled by one rank's values.
+ *  RING: reduce-scatter in which every hop decodes the partial sum it receives, adds
+ *    its own block and re-quantises with fresh seeded noise; the owner quantises the
+ *    finished block once more and the quantised blocks are allgathered, so every rank
+ *    decodes the same bytes. Sends 2(P-1)/P * n/2 bytes (less than ALLGATHER from 3
+ *    ranks on), but the P quantisations of a block are scaled by partial sums that
+ *    grow with the hop, so the error is larger. Takes no memory (CRUX_MEMORY_NONE):
+ *    the per-hop errors belong to no single rank. Both are unbiased.
+ * README "Compressed allreduce" has the measured trade-off behind the default. */
+typedef enum { CRUX_QSGD_ALLGATHER = 0, CRUX_QSGD_RING = 1 } crux_qsgd_reduce_t;
 
 /* Defaults for codec: density 0.001, memory LOWPASS with beta 1 for CLT-k (set
  * beta < 1 for ScaleCom's filter), MOMENTUM with beta 0.9 for TOPK (DGC), NONE for
@@ -175,14 +190,23 @@ int crux_compressor_create(crux_comm_t comm, size_t count, const crux_compress_c
  * all ranks. grad and out hold count floats; out may equal grad. */
 int crux_compressed_allreduce(crux_compressor_t c, const float *grad, float *out);
 
+/* Bytes: wire_bytes counts the payload of every message this rank sent during the
+ * call (transport headers excluded), whatever it carries: indices, values, sketches,
+ * norms, and blocks it forwards for others in an allgather or a ring. The fair dense
+ * reference is ring_bytes, what this rank sends in a dense ring allreduce of the same
+ * vector, 2(P-1)/P * count * 4 (bandwidth-optimal; recursive doubling and trees send
+ * more). Compression ratio = ring_bytes / wire_bytes, comparable across codecs and P:
+ * the allgather codecs (topk, QSGD) send O(P) payloads, so theirs falls as P grows. */
 typedef struct {
-    uint64_t wire_bytes;  /* bytes this rank sent: indices + values + sketches */
-    uint64_t dense_bytes; /* what a dense allreduce would carry: count * 4 */
+    uint64_t wire_bytes;  /* payload bytes this rank sent during the call */
+    uint64_t dense_bytes; /* the vector's size: count * 4 */
     double encode_s;      /* CPU time in accumulate / select / sketch / gather */
     double comm_s;        /* time transfers were in flight (overlaps encode) */
     double decode_s;      /* scatter into out and memory update */
     double total_s;       /* wall time of the call: < encode_s + comm_s when overlapped */
     size_t nnz;           /* non-zeros sent in the result (sum of k over chunks) */
+    uint64_t ring_bytes;  /* a dense ring allreduce's bytes per rank: 2(P-1)/P * count * 4,
+                             rounded down; 0 on one rank */
 } crux_compress_stats_t;
 /* Statistics of the last crux_compressed_allreduce on c (zeros before the first). */
 int crux_compressor_stats(crux_compressor_t c, crux_compress_stats_t *last_call);

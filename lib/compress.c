@@ -2,9 +2,13 @@
  * communication FIFO the compressed schedules run on (see compress.h). */
 #include <inttypes.h>
 #include <math.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <immintrin.h>
+#endif
 
 #include "algo/algo.h"
 #include "compress.h"
@@ -91,6 +95,16 @@ static int config_check(const crux_compress_config_t *cfg, size_t count)
             crux_error(CRUX_SUBSYS_CODEC, "%s: QSGD takes cfg.memory = none or residual", fn);
             return CRUX_ERR_ARG;
         }
+        if (cfg->qsgd_reduce != CRUX_QSGD_ALLGATHER && cfg->qsgd_reduce != CRUX_QSGD_RING) {
+            crux_error(CRUX_SUBSYS_CODEC, "%s: cfg.qsgd_reduce = %d: must be CRUX_QSGD_ALLGATHER "
+                       "(0) or CRUX_QSGD_RING (1)", fn, cfg->qsgd_reduce);
+            return CRUX_ERR_ARG;
+        }
+        if (cfg->qsgd_reduce == CRUX_QSGD_RING && cfg->memory != CRUX_MEMORY_NONE) {
+            crux_error(CRUX_SUBSYS_CODEC, "%s: cfg.qsgd_reduce = ring takes cfg.memory = none "
+                       "(re-quantisation errors belong to no single rank)", fn);
+            return CRUX_ERR_ARG;
+        }
     }
     return CRUX_SUCCESS;
 }
@@ -108,7 +122,7 @@ static uint64_t config_hash(const struct crux_compressor *c, int valid)
     uint64_t w[] = { (uint64_t)c->n, (uint64_t)c->cfg.codec, (uint64_t)c->cfg.memory, 0, 0,
                      (uint64_t)c->cfg.sketch_rows, (uint64_t)c->cfg.sketch_cols,
                      (uint64_t)c->cfg.qsgd_levels, c->cfg.seed, (uint64_t)c->chunk_len,
-                     (uint64_t)valid };
+                     (uint64_t)valid, (uint64_t)c->cfg.qsgd_reduce };
     memcpy(&w[3], &c->cfg.density, sizeof(double));
     uint32_t b;
     memcpy(&b, &c->cfg.beta, sizeof(b));
@@ -160,6 +174,27 @@ static void sketch_shape(const struct crux_compressor *c, int *rows, int *cols)
     *cols = c->cfg.sketch_cols ? c->cfg.sketch_cols : (int)(want > CX_MAX_COLS ? CX_MAX_COLS : want);
 }
 
+/* CLT-k's leader posts two small steps per chunk and must never wait for a slot:
+ * every wait is a round trip through a follower that may not be scheduled (ranks
+ * sharing cores), so it gets a slot for every step of the call. The other codecs
+ * wait for chunk i-1 while posting chunk i anyway, and their slots are large. */
+static int cx_fifo_depth(const struct crux_compressor *c)
+{
+    size_t want = c->cfg.codec == CRUX_CODEC_CLTK ? 2 * c->nchunks + 1 : 4;
+    return want > CX_FIFO ? CX_FIFO : want < 4 ? 4 : (int)want;
+}
+
+/* CRUX_ENCODE_THREADS, or by default this rank's share of its cpuset: ranks on one
+ * host that all spawn a thread per core would oversubscribe it. */
+static int cx_encode_threads(const struct crux_ctx *ctx)
+{
+    cpu_set_t set;
+    if (ctx->cfg.encode_threads > 0 || sched_getaffinity(0, sizeof set, &set) != 0)
+        return ctx->cfg.encode_threads;
+    int share = CPU_COUNT(&set) / (ctx->local_size > 0 ? ctx->local_size : 1);
+    return share > 1 ? share : 1;
+}
+
 static int cx_alloc_all(struct crux_compressor *c)
 {
     int rc = CRUX_SUCCESS;
@@ -180,10 +215,13 @@ static int cx_alloc_all(struct crux_compressor *c)
                    c->chunk_len, cm);
         return CRUX_ERR_NOMEM;
     }
-    /* Encode workers: top-k survivor passes split over the rank's cores (bit-identical). */
-    if ((rc = crux_pool_create(c->comm->ctx->cfg.encode_threads, &c->pool)) != CRUX_SUCCESS ||
-        (rc = crux_topk_ws_use_pool(c->ws, c->pool)) != CRUX_SUCCESS)
+    int threads = cx_encode_threads(c->comm->ctx);
+    if ((rc = crux_pool_create(threads, &c->pool)) != CRUX_SUCCESS ||
+        (rc = crux_topk_ws_use_pool(c->ws, c->pool)) != CRUX_SUCCESS) {
+        crux_error(CRUX_SUBSYS_CODEC, "crux_compressor_create: encode pool of %d threads "
+                   "(CRUX_ENCODE_THREADS): %s", threads, crux_error_string(rc));
         return rc;
+    }
     size_t vals_bytes = 4 * km;
     if (c->cfg.codec == CRUX_CODEC_GTOPK) {
         if (!(c->lidx = cx_alloc(nch * km * 4, "local indices", &rc)) ||
@@ -205,6 +243,9 @@ static int cx_alloc_all(struct crux_compressor *c)
                 return CRUX_ERR_NOMEM;
             }
     }
+    if (c->cfg.codec == CRUX_CODEC_QSGD && c->cfg.qsgd_reduce == CRUX_QSGD_RING &&
+        !(c->est = cx_alloc(c->chunk_len * 4, "the ring's partial sums", &rc)))
+        return rc;
     if (c->cfg.memory == CRUX_MEMORY_MOMENTUM && !(c->mom = cx_alloc(n * 4, "the momentum", &rc)))
         return rc;
     /* A step buffer holds one encoded index set plus its values (gTop-k), or every
@@ -213,10 +254,11 @@ static int cx_alloc_all(struct crux_compressor *c)
            P = (size_t)c->comm->size;
     if (c->cfg.codec == CRUX_CODEC_TOPK)
         need = P * 8 * km;
-    else if (c->cfg.codec == CRUX_CODEC_QSGD)
-        need = P * crux_qsgd_encoded_bytes(&c->q, c->chunk_len);
+    else if (c->cfg.codec == CRUX_CODEC_QSGD) /* ring: the P blocks + a hop in and out */
+        need = (P < 3 ? 3 : P) * crux_qsgd_encoded_bytes(&c->q, c->chunk_len) + 64 * P;
     c->stepcap = (need + 63) & ~(size_t)63;
-    if (!(c->stepbuf = cx_alloc(CX_FIFO * c->stepcap, "message buffers", &rc)) ||
+    c->depth = cx_fifo_depth(c);
+    if (!(c->stepbuf = cx_alloc((size_t)c->depth * c->stepcap, "message buffers", &rc)) ||
         !(c->encbuf = cx_alloc(c->stepcap, "the encode buffer", &rc)))
         return rc;
     return CRUX_SUCCESS;
@@ -287,12 +329,13 @@ int crux_compressor_create(crux_comm_t comm, size_t count, const crux_compress_c
                                                     : c->kmax;
     if ((rc = cx_alloc_all(c)) != CRUX_SUCCESS)
         goto fail;
-    for (int i = 0; i < CX_FIFO; i++)
+    for (int i = 0; i < c->depth; i++)
         c->fifo[i].buf = c->stepbuf + (size_t)i * c->stepcap;
     /* The schedules post at most a few transfers per phase. */
     if ((rc = crux_comm_reserve(comm, 16 + 2 * comm->size, 0)) != CRUX_SUCCESS) /* + ring allgather */
         goto fail;
     c->st.dense_bytes = (uint64_t)count * 4;
+    c->st.ring_bytes = 2 * (uint64_t)(comm->size - 1) * count * 4 / (uint64_t)comm->size;
     crux_debug(CRUX_SUBSYS_CODEC, "compressor %s: count %zu, %zu chunks of %zu, k %zu per chunk",
                codec_name(cfg->codec), count, c->nchunks, c->chunk_len, c->kmax);
     *out = c;
@@ -346,7 +389,7 @@ static void cx_count_sends(struct crux_compressor *c, const struct crux_coll *op
 static int cx_failed(struct crux_compressor *c, struct cx_step *s, int rc)
 {
     static const char *kinds[] = { "?", "value allreduce", "index broadcast", "gTop-k tree",
-                                   "allgather" };
+                                   "allgather", "QSGD ring" };
     crux_error(CRUX_SUBSYS_CODEC, "compressed allreduce (%s, call %" PRIu64 ", rank %d of %d): %s "
                "failed: %s", codec_name(c->cfg.codec), c->calls, c->comm->rank, c->comm->size,
                kinds[s->kind], crux_error_string(rc));
@@ -367,7 +410,7 @@ static int cx_step_run(struct crux_compressor *c, struct cx_step *s)
     if (rc != CRUX_SUCCESS)
         return cx_failed(c, s, rc);
     s->done = 1;
-    c->head = (c->head + 1) % CX_FIFO;
+    c->head = (c->head + 1) % c->depth;
     if (--c->nsteps == 0)
         c->st.comm_s += cx_tic() - c->t_comm_busy;
     return CRUX_SUCCESS;
@@ -422,9 +465,9 @@ int cx_wait(struct crux_compressor *c, struct cx_step *until)
 /* Append a step; with the FIFO full, wait for the head first. */
 static int cx_enqueue(struct crux_compressor *c, struct cx_step **out)
 {
-    if (c->nsteps == CX_FIFO)
+    if (c->nsteps == c->depth)
         CRUX_TRY(cx_wait(c, &c->fifo[c->head]));
-    struct cx_step *s = &c->fifo[(c->head + c->nsteps) % CX_FIFO];
+    struct cx_step *s = &c->fifo[(c->head + c->nsteps) % c->depth];
     s->cx = c;
     s->started = s->done = 0;
     if (c->nsteps++ == 0)
@@ -544,11 +587,28 @@ int cx_post_gtopk(struct crux_compressor *c, size_t chunk, struct cx_step **out)
     return cx_poll(c);
 }
 
+int cx_post_qring(struct crux_compressor *c, size_t chunk, const float *src, struct cx_step **out)
+{
+    struct cx_step *s;
+    CRUX_TRY(cx_enqueue(c, &s));
+    s->kind = CX_QRING;
+    s->cap = c->stepcap;
+    s->chunk = chunk;
+    s->clen = cx_chunk_len(c, chunk);
+    s->src = src;
+    s->round = 0;
+    cx_coll_init(&s->coll, c->comm, CRUX_COLL_COMPRESSED, c->cfg.codec, NULL, s->clen, CRUX_UINT8);
+    s->coll.fn = crux_qsgd_ring_step;
+    if (out)
+        *out = s;
+    return cx_poll(c);
+}
+
 int cx_next_buf(struct crux_compressor *c, uint8_t **buf)
 {
-    if (c->nsteps == CX_FIFO)
+    if (c->nsteps == c->depth)
         CRUX_TRY(cx_wait(c, &c->fifo[c->head]));
-    *buf = c->fifo[(c->head + c->nsteps) % CX_FIFO].buf;
+    *buf = c->fifo[(c->head + c->nsteps) % c->depth].buf;
     return CRUX_SUCCESS;
 }
 
@@ -576,6 +636,85 @@ int cx_accumulate(struct crux_compressor *c, size_t chunk, const float *grad)
             memcpy(c->acc + off + o, grad + off + o, m * 4);
         else
             crux_mem_accumulate(c->acc + off + o, c->mem + off + o, grad + off + o, m);
+        CRUX_TRY(cx_poll(c));
+    }
+    return CRUX_SUCCESS;
+}
+
+/* Zero a block with non-temporal stores: out is written once and read by the
+ * caller much later, so reading its lines in first (what plain stores do below
+ * glibc's non-temporal threshold) would double the traffic of the pass. */
+static void cx_zero_stream(float *x, size_t n)
+{
+#ifdef __SSE2__
+    size_t i = 0;
+    while (i < n && ((uintptr_t)(x + i) & 15))
+        x[i++] = 0.0f;
+    __m128 z = _mm_setzero_ps();
+    for (; i + 4 <= n; i += 4)
+        _mm_stream_ps(x + i, z);
+    for (; i < n; i++)
+        x[i] = 0.0f;
+#else
+    memset(x, 0, n * sizeof(float));
+#endif
+}
+
+static int cx_overlaps(const float *a, const float *b, size_t n)
+{
+    return (uintptr_t)a < (uintptr_t)(b + n) && (uintptr_t)b < (uintptr_t)(a + n);
+}
+
+void cx_zero_out(float *out, const float *grad, size_t n, size_t off, size_t m)
+{
+    if (cx_overlaps(grad, out, n)) {
+        memset(out + off, 0, m * 4);
+        return;
+    }
+    cx_zero_stream(out + off, m);
+#ifdef __SSE2__
+    _mm_sfence(); /* order the streamed zeros before the scatter into out */
+#endif
+}
+
+struct cx_zero_job {
+    float *x;
+    size_t n;
+    int stream;
+};
+
+static void cx_zero_part(void *arg, int part, int nparts)
+{
+    const struct cx_zero_job *j = arg;
+    size_t lo, hi;
+    crux_pool_range(j->n, 16, part, nparts, &lo, &hi);
+    if (!j->stream) {
+        memset(j->x + lo, 0, (hi - lo) * 4);
+        return;
+    }
+    cx_zero_stream(j->x + lo, hi - lo);
+#ifdef __SSE2__
+    _mm_sfence();
+#endif
+}
+
+void cx_zero_out_pooled(struct crux_compressor *c, float *out, const float *grad, size_t off, size_t m)
+{
+    struct cx_zero_job j = { out + off, m, !cx_overlaps(grad, out, c->n) };
+    crux_pool_run(c->pool, cx_zero_part, &j);
+}
+
+int cx_accumulate_zero(struct crux_compressor *c, size_t chunk, const float *grad, float *out)
+{
+    size_t off = cx_chunk_off(c, chunk), len = cx_chunk_len(c, chunk);
+    /* each sub-block of out is zeroed right after the same block of grad was read */
+    for (size_t o = 0; o < len; o += CX_POLL_ELEMS) {
+        size_t m = len - o < CX_POLL_ELEMS ? len - o : CX_POLL_ELEMS;
+        if (c->cfg.memory == CRUX_MEMORY_NONE)
+            memcpy(c->acc + off + o, grad + off + o, m * 4);
+        else
+            crux_mem_accumulate(c->acc + off + o, c->mem + off + o, grad + off + o, m);
+        cx_zero_out(out, grad, c->n, off + o, m);
         CRUX_TRY(cx_poll(c));
     }
     return CRUX_SUCCESS;
@@ -624,19 +763,27 @@ int crux_compressed_allreduce(crux_compressor_t c, const float *grad, float *out
                    "nonblocking requests first (crux_wait)");
         return CRUX_ERR_ARG;
     }
-    uint64_t dense = c->st.dense_bytes;
+    uint64_t dense = c->st.dense_bytes, ring = c->st.ring_bytes;
     memset(&c->st, 0, sizeof(c->st));
     c->st.dense_bytes = dense;
+    c->st.ring_bytes = ring;
     double t0 = cx_tic();
     int rc;
     switch (c->cfg.codec) {
     case CRUX_CODEC_CLTK: rc = crux_cltk_allreduce(c, grad, out); break;
     case CRUX_CODEC_GTOPK: rc = crux_gtopk_allreduce(c, grad, out); break;
     case CRUX_CODEC_TOPK: rc = crux_topk_allreduce(c, grad, out); break;
-    case CRUX_CODEC_QSGD: rc = crux_qsgd_allreduce(c, grad, out); break;
+    case CRUX_CODEC_QSGD:
+        rc = c->cfg.qsgd_reduce == CRUX_QSGD_RING ? crux_qsgd_ring_allreduce(c, grad, out)
+                                                  : crux_qsgd_allreduce(c, grad, out);
+        break;
     default: rc = crux_sketch_allreduce(c, grad, out); break;
     }
     c->st.total_s = cx_tic() - t0;
+    crux_debug(CRUX_SUBSYS_CODEC, "compressed call %" PRIu64 ": %s, total %.3f ms, encode %.3f, "
+               "comm %.3f, decode %.3f, wire %" PRIu64 " B", c->calls, crux_error_string(rc),
+               c->st.total_s * 1e3, c->st.encode_s * 1e3, c->st.comm_s * 1e3, c->st.decode_s * 1e3,
+               c->st.wire_bytes);
     c->calls++;
     return rc;
 }

@@ -15,13 +15,14 @@
 #include <string.h>
 
 #include "codec/codec.h"
+#include "codec/pool.h"
 #include "codec/qsgd.h"
 #include "crux_internal.h"
 
-#define CX_FIFO 4                      /* communication steps queued at once */
+#define CX_FIFO 16                     /* most communication steps queued at once */
 #define CX_POLL_ELEMS ((size_t)16384)  /* encode sub-block between two polls */
 
-enum cx_step_kind { CX_ALLREDUCE = 1, CX_BCAST_VAR, CX_GTOPK, CX_ALLGATHER };
+enum cx_step_kind { CX_ALLREDUCE = 1, CX_BCAST_VAR, CX_GTOPK, CX_ALLGATHER, CX_QRING };
 
 /* One queued communication step. */
 struct cx_step {
@@ -37,6 +38,8 @@ struct cx_step {
     /* CX_GTOPK: the chunk being merged (see algo/c_gtopk.c) */
     size_t chunk, clen, k;
     int round;
+    /* CX_QRING: this rank's contribution to the chunk (see algo/c_qsgd_ring.c) */
+    const float *src;
 };
 
 struct crux_compressor {
@@ -63,14 +66,15 @@ struct crux_compressor {
     float *tval;
     uint32_t *sent;             /* [cand_max] scratch: indices to clear in memory */
     struct crux_topk_ws *ws;
-    struct crux_pool *pool;     /* encode workers (lib/codec/pool.h), CRUX_ENCODE_THREADS */
+    struct crux_pool *pool;     /* encode workers (CRUX_ENCODE_THREADS), NULL = this thread */
     struct crux_sketch *sk;     /* [nchunks] (SKETCH) */
-    float *est;                 /* [chunk_len] sketch estimates */
-    uint8_t *stepbuf;           /* [CX_FIFO * stepcap] encoded messages */
+    float *est;                 /* [chunk_len] sketch estimates; QSGD ring partial sums */
+    uint8_t *stepbuf;           /* [depth * stepcap] encoded messages */
     size_t stepcap;
     uint8_t *encbuf;            /* [stepcap] this rank's encoded message */
     struct cx_step fifo[CX_FIFO];
-    int head, nsteps;           /* queued steps: fifo[head .. head + nsteps) */
+    int depth;                  /* slots in use, <= CX_FIFO (see cx_fifo_depth) */
+    int head, nsteps;           /* queued steps: fifo[head .. head + nsteps) mod depth */
     crux_compress_stats_t st;   /* of the call in progress / the last call */
     double t_comm_busy;         /* start of the current busy period of the FIFO */
 };
@@ -116,6 +120,9 @@ int cx_post_gtopk(struct crux_compressor *c, size_t chunk, struct cx_step **out)
  * rank's block, then post. The step's buf keeps the result until the FIFO wraps. */
 int cx_next_buf(struct crux_compressor *c, uint8_t **buf);
 int cx_post_allgather(struct crux_compressor *c, size_t bytes, struct cx_step **out);
+/* QSGD ring of a chunk whose contribution is src (chunk-relative); the result,
+ * P quantised blocks, is left in the step's buf (algo/c_qsgd_ring.c). */
+int cx_post_qring(struct crux_compressor *c, size_t chunk, const float *src, struct cx_step **out);
 /* Advance the queue without blocking (between encode sub-blocks). */
 int cx_poll(struct crux_compressor *c);
 /* Block until s (and everything before it) is done; NULL = the whole queue. */
@@ -123,6 +130,13 @@ int cx_wait(struct crux_compressor *c, struct cx_step *s);
 
 /* acc[chunk] = mem[chunk] + grad[chunk], polling the queue between sub-blocks. */
 int cx_accumulate(struct crux_compressor *c, size_t chunk, const float *grad);
+/* The same, and out[chunk] = 0 in the same pass (out may be grad). */
+int cx_accumulate_zero(struct crux_compressor *c, size_t chunk, const float *grad, float *out);
+/* out[off, off+m) = 0 once grad there was read (out may be grad): plain stores when they
+ * alias (the lines are cached), non-temporal ones into a separate out. */
+void cx_zero_out(float *out, const float *grad, size_t n, size_t off, size_t m);
+/* The same for a block grad no longer needs, split over the encode pool. */
+void cx_zero_out_pooled(struct crux_compressor *c, float *out, const float *grad, size_t off, size_t m);
 /* Memory update of a chunk after sent[0..k) (chunk-relative, ascending) left. */
 void cx_mem_update(struct crux_compressor *c, size_t chunk, const uint32_t *sent, size_t k);
 /* out[chunk] = 0 except out[idx] = val. */
@@ -138,6 +152,13 @@ int crux_gtopk_allreduce(struct crux_compressor *c, const float *grad, float *ou
 int crux_sketch_allreduce(struct crux_compressor *c, const float *grad, float *out); /* algo/c_sketch.c */
 int crux_topk_allreduce(struct crux_compressor *c, const float *grad, float *out);   /* algo/c_topk.c (DGC) */
 int crux_qsgd_allreduce(struct crux_compressor *c, const float *grad, float *out);   /* algo/c_qsgd.c */
+int crux_qsgd_ring_allreduce(struct crux_compressor *c, const float *grad, float *out); /* algo/c_qsgd_ring.c */
+int crux_qsgd_ring_step(struct crux_coll *op);  /* coll.fn of a CX_QRING step */
+/* QSGD ring geometry, shared with the tests' simulation: block b of a chunk of len
+ * elements is [lo, hi), whole buckets; the key of the quantisation at hop h (0..P-2
+ * the reduce-scatter, P-1 the owner's final one) of call `call`. */
+void crux_qsgd_ring_block(const struct crux_qsgd *q, size_t len, int P, int b, size_t *lo, size_t *hi);
+uint32_t crux_qsgd_ring_key(uint64_t seed, uint64_t call, size_t chunk, int hop);
 /* algo/c_gtopk.c: the tree schedule of one chunk (coll.fn of a CX_GTOPK step). */
 int crux_gtopk_tree(struct crux_coll *op);
 

@@ -119,8 +119,8 @@ const struct crux_param crux_params[] = {
      "bytes; each keeps density x its length entries, and encoding chunk i+1 overlaps sending "
      "chunk i. Compressors created with different values on different ranks fail to create."},
     {"ENCODE_THREADS", CRUX_PARAM_INT, "0", OFF(encode_threads), "0..64",
-     "Threads a compressor encodes with (its worker pool, started once): 0 = one per core of "
-     "the rank's cpuset (sched_getaffinity); a larger value is capped at the cpuset size. "
+     "Threads a compressor encodes with (its worker pool, started once): 0 = the rank's share "
+     "of its cpuset (cores / ranks on the host, at least 1); a larger value is capped at the cpuset size. "
      "Results are bit-identical for any value."},
 };
 const size_t crux_nparams = sizeof(crux_params) / sizeof(crux_params[0]);

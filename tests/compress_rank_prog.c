@@ -6,7 +6,7 @@
  * first, lower index among equals), and compares the library's output AND its
  * memory with the simulation bit for bit, plus the output bits across ranks.
  *
- *   crux_test_compress_rank check cltk|gtopk|sketch N STEPS BETA DENSITY
+ *   crux_test_compress_rank check cltk|gtopk|sketch N STEPS BETA DENSITY [SKETCH_COLS]
  *   crux_test_compress_rank chunks cltk|gtopk|sketch   chunked == unchunked (planted)
  *   crux_test_compress_rank split cltk|gtopk|sketch    check on both halves of a split
  *   crux_test_compress_rank badcfg
@@ -270,12 +270,13 @@ static int parse_codec(const char *s)
                                                                      : CRUX_CODEC_SKETCH;
 }
 
-static int mode_check(int codec, size_t n, int steps, float beta, double density)
+static int mode_check(int codec, size_t n, int steps, float beta, double density, int cols)
 {
     crux_compress_config_t cfg;
     crux_compress_config_init(&cfg, codec);
     cfg.density = density;
     cfg.beta = beta;
+    cfg.sketch_cols = cols;
     /* CLT-k keeps its default low-pass memory even at beta = 1, where it must equal
      * the residual the simulation applies, bit for bit. */
     if (codec != CRUX_CODEC_CLTK)
@@ -342,9 +343,13 @@ static int mode_check(int codec, size_t n, int steps, float beta, double density
         /* Tiny vectors or dense "compression" may cost more than dense: only the
          * sizes the codecs are for must come out smaller. */
         int compresses = n >= 1000 && density <= 0.1;
-        if (P > 1 && (st.wire_bytes == 0 || (compresses && st.wire_bytes >= st.dense_bytes)))
-            FAIL("%s: stats wire_bytes %llu (dense %llu)", what, (unsigned long long)st.wire_bytes,
-                 (unsigned long long)st.dense_bytes);
+        uint64_t ring = 2 * (uint64_t)(P - 1) * n * 4 / (uint64_t)P;
+        if (st.ring_bytes != ring)
+            FAIL("%s: stats ring_bytes %llu, want %llu", what, (unsigned long long)st.ring_bytes,
+                 (unsigned long long)ring);
+        if (P > 1 && (st.wire_bytes == 0 || (compresses && st.wire_bytes >= st.ring_bytes)))
+            FAIL("%s: stats wire_bytes %llu (dense ring %llu)", what, (unsigned long long)st.wire_bytes,
+                 (unsigned long long)st.ring_bytes);
         if (P == 1 && st.wire_bytes != 0)
             FAIL("%s: one rank sent %llu bytes", what, (unsigned long long)st.wire_bytes);
         if (!(st.total_s > 0) || st.encode_s < 0 || st.comm_s < 0 || st.decode_s < 0)
@@ -522,9 +527,9 @@ int main(int argc, char **argv)
     CHECK_RC(crux_comm_size(CRUX_COMM_WORLD, &P));
     g_comm = CRUX_COMM_WORLD;
     int rc;
-    if (!strcmp(argv[1], "check") && argc == 7)
+    if (!strcmp(argv[1], "check") && (argc == 7 || argc == 8))
         rc = mode_check(parse_codec(argv[2]), strtoul(argv[3], NULL, 10), atoi(argv[4]),
-                        (float)atof(argv[5]), atof(argv[6]));
+                        (float)atof(argv[5]), atof(argv[6]), argc == 8 ? atoi(argv[7]) : 0);
     else if (!strcmp(argv[1], "split") && argc == 3) {
         /* Two communicators (even and odd world ranks) compress at the same time. */
         crux_comm_t half;
@@ -532,7 +537,7 @@ int main(int argc, char **argv)
         CHECK_RC(crux_comm_rank(half, &rank));
         CHECK_RC(crux_comm_size(half, &P));
         g_comm = half;
-        rc = mode_check(parse_codec(argv[2]), 3001, 4, 0.5f, 0.01);
+        rc = mode_check(parse_codec(argv[2]), 3001, 4, 0.5f, 0.01, 0);
         CHECK_RC(crux_comm_free(&half));
     } else if (!strcmp(argv[1], "chunks") && argc == 3)
         rc = mode_chunks(parse_codec(argv[2]));

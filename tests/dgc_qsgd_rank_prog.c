@@ -11,6 +11,11 @@
  *   qsgd-noisy N
  *       QSGD on random inputs: identical output on every rank, and every element within
  *       one quantisation step per rank of the true sum.
+ *   qsgd-ring N STEPS
+ *       QSGD with cfg.qsgd_reduce = ring: the output equals a brute-force simulation of
+ *       the same hops bit for bit, on every rank; wire bytes exact.
+ *   qsgd-unbiased N CALLS
+ *       the ring's mean over CALLS calls is within a variance-derived bound of the sum.
  *   errors
  *       bad configs and calls give CRUX_ERR_ARG.
  *
@@ -270,6 +275,150 @@ static int run_qsgd_noisy(size_t n)
     return failures;
 }
 
+/* ------------------------------------------------------------ QSGD ring --- */
+
+static crux_compressor_t qring_create(size_t n)
+{
+    crux_compress_config_t cfg;
+    crux_compress_config_init(&cfg, CRUX_CODEC_QSGD);
+    cfg.qsgd_reduce = CRUX_QSGD_RING;
+    crux_compressor_t c;
+    CHECK_RC(crux_compressor_create(CRUX_COMM_WORLD, n, &cfg, &c));
+    return c;
+}
+
+/* Inputs on a 1/64 grid of [-8, 8), scaled per bucket, so the exact sum is exact in
+ * float and buckets differ in scale. */
+static float ring_at(int r, int t, size_t i)
+{
+    int v = (int)(mix((uint32_t)(r * 7477 + t * 1299709) ^ (uint32_t)i * 2654435761u) % 1024) - 512;
+    return (float)v / 64.0f * (float)(1 + (i / QSGD_BUCKET) % 3);
+}
+
+/* The hops of algo/c_qsgd_ring.c for block [lo, lo+len) of chunk ch at call t, done
+ * the obvious way for every rank in turn: Q_0(x_b), then rank b+h decodes, adds its
+ * own block (own + decoded) and re-quantises with key h; the last quantisation is the
+ * owner's; out = 0 + decode. */
+static void sim_ring_block(const crux_compressor_t c, int t, size_t ch, int b, size_t lo, size_t len,
+                           float *out)
+{
+    size_t off = ch * c->chunk_len, bytes = crux_qsgd_encoded_bytes(&c->q, len);
+    uint8_t *q = xcalloc(bytes, 1);
+    float *x = xcalloc(len, 4);
+    for (int h = 0; h < P; h++) {
+        int j = (b + h) % P;
+        for (size_t i = 0; i < len; i++)
+            x[i] = ring_at(j, t, off + lo + i);
+        if (h > 0)
+            crux_qsgd_decode_add(&c->q, q, len, x);
+        crux_qsgd_encode(&c->q, x, len, off + lo, crux_qsgd_ring_key(c->cfg.seed, (uint64_t)t, ch, h), q);
+    }
+    memset(out, 0, len * 4);
+    crux_qsgd_decode_add(&c->q, q, len, out);
+    free(q), free(x);
+}
+
+/* Ring output == the brute-force hops, bit for bit; the same on every rank; wire bytes
+ * are exactly the reduce-scatter's and allgather's payloads. */
+static int run_qsgd_ring(size_t n, int steps)
+{
+    crux_compressor_t c = qring_create(n);
+    float *g = xcalloc(n, 4), *out = xcalloc(n, 4), *want = xcalloc(n, 4);
+    for (int t = 0; t < steps; t++) {
+        for (size_t i = 0; i < n; i++)
+            g[i] = ring_at(rank, t, i);
+        int in_place = t == steps - 1;
+        CHECK_RC(crux_compressed_allreduce(c, g, in_place ? g : out));
+        float *res = in_place ? g : out;
+        uint64_t wire = 0;
+        for (size_t ch = 0; ch < c->nchunks; ch++) {
+            size_t off = ch * c->chunk_len, len = n - off < c->chunk_len ? n - off : c->chunk_len;
+            for (int b = 0; b < P; b++) {
+                size_t lo, hi;
+                crux_qsgd_ring_block(&c->q, len, P, b, &lo, &hi);
+                sim_ring_block(c, t, ch, b, lo, hi - lo, want + off + lo);
+                /* this rank sends block b at RS hop (rank - b) and AG step (rank + 1 - b),
+                 * except RS hop P-1 and AG step P-1, which do not exist */
+                int hop = ((rank - b) % P + P) % P, ag = ((rank + 1 - b) % P + P) % P;
+                size_t bytes = crux_qsgd_encoded_bytes(&c->q, hi - lo);
+                wire += (hop < P - 1 ? bytes : 0) + (ag < P - 1 ? bytes : 0);
+            }
+        }
+        for (size_t i = 0; i < n; i++)
+            if (memcmp(&res[i], &want[i], 4)) {
+                FAIL("qsgd ring P=%d n=%zu step %d: out[%zu] = %a, simulation %a", P, n, t, i,
+                     (double)res[i], (double)want[i]);
+                break;
+            }
+        crux_compress_stats_t st;
+        CHECK_RC(crux_compressor_stats(c, &st));
+        if (st.wire_bytes != (P > 1 ? wire : 0))
+            FAIL("qsgd ring wire_bytes %llu, want %llu", (unsigned long long)st.wire_bytes,
+                 (unsigned long long)wire);
+        uint64_t h = 1469598103934665603ull;
+        const unsigned char *p = (const unsigned char *)res;
+        for (size_t i = 0; i < n * 4; i++)
+            h = (h ^ p[i]) * 1099511628211ull;
+        int64_t v[2] = {(int64_t)(h >> 2), -(int64_t)(h >> 2)};
+        CHECK_RC(crux_allreduce(CRUX_IN_PLACE, v, 2, CRUX_INT64, CRUX_MAX, CRUX_COMM_WORLD));
+        if (v[0] != -v[1])
+            FAIL("qsgd ring output differs between ranks");
+    }
+    CHECK_RC(crux_compressor_free(&c));
+    free(g), free(out), free(want);
+    return failures;
+}
+
+/* Unbiasedness of the ring over `calls` calls on the same input (fresh noise each
+ * call). Per element, the hop-h quantisation has variance <= (S_h / s)^2 / 4 with
+ * S_h its bucket's scale; S_h <= M (h + 1), M = the largest |x| of the bucket over the
+ * ranks, since a partial sum of h+1 blocks each decoded within its scale stays within
+ * the sum of their maxima. Hop errors are martingale differences (uncorrelated), so
+ * var(out_i) <= (M / s)^2 / 4 * sum_{h=1..P} h^2. Checked: every element's mean within
+ * 6 sigma / sqrt(calls) of the exact sum, and the sum of all deviations within 6
+ * sigma of its own (a systematic bias of any size shows there first). */
+static int run_qsgd_unbiased(size_t n, int calls)
+{
+    crux_compressor_t c = qring_create(n);
+    float *g = xcalloc(n, 4), *out = xcalloc(n, 4);
+    double *mean = xcalloc(n, sizeof(double));
+    for (size_t i = 0; i < n; i++)
+        g[i] = ring_at(rank, 0, i);
+    for (int t = 0; t < calls; t++) {
+        CHECK_RC(crux_compressed_allreduce(c, g, out));
+        for (size_t i = 0; i < n; i++)
+            mean[i] += out[i];
+    }
+    double hsum = 0, dev_sum = 0, var_sum = 0;
+    for (int h = 1; h <= P; h++)
+        hsum += (double)h * h;
+    int s = c->q.levels;
+    for (size_t b = 0; b < n; b += QSGD_BUCKET) {
+        size_t e = n - b < QSGD_BUCKET ? n : b + QSGD_BUCKET;
+        double m = 0;
+        for (size_t i = b; i < e; i++)
+            for (int r = 0; r < P; r++)
+                m = fmax(m, fabs((double)ring_at(r, 0, i)));
+        double var = (m / s) * (m / s) / 4 * hsum, sd = sqrt(var / calls);
+        for (size_t i = b; i < e; i++) {
+            double exact = 0;
+            for (int r = 0; r < P; r++)
+                exact += ring_at(r, 0, i);
+            double d = mean[i] / calls - exact;
+            dev_sum += d;
+            var_sum += var / calls;
+            if (fabs(d) > 6 * sd)
+                FAIL("qsgd ring bias at %zu: mean %g, exact %g, 6 sigma %g", i, mean[i] / calls, exact, 6 * sd);
+        }
+    }
+    if (fabs(dev_sum) > 6 * sqrt(var_sum))
+        FAIL("qsgd ring: the deviations sum to %g, 6 sigma %g", dev_sum, 6 * sqrt(var_sum));
+    printf("rank %d: ring bias statistic %.3f sigma\n", rank, dev_sum / sqrt(var_sum));
+    CHECK_RC(crux_compressor_free(&c));
+    free(g), free(out), free(mean);
+    return failures;
+}
+
 /* ---------------------------------------------------------------- errors --- */
 
 static void expect_create(int want, crux_codec_t codec, crux_memory_t mem, int levels,
@@ -293,6 +442,16 @@ static int run_errors(void)
     expect_create(CRUX_ERR_ARG, CRUX_CODEC_QSGD, CRUX_MEMORY_NONE, 200, "qsgd 200 levels");
     expect_create(CRUX_ERR_ARG, CRUX_CODEC_QSGD, CRUX_MEMORY_LOWPASS, 0, "qsgd lowpass");
     expect_create(CRUX_SUCCESS, CRUX_CODEC_QSGD, CRUX_MEMORY_RESIDUAL, 127, "qsgd 127 levels");
+    crux_compress_config_t qc;
+    crux_compressor_t qh = NULL;
+    crux_compress_config_init(&qc, CRUX_CODEC_QSGD);
+    qc.qsgd_reduce = 2;
+    if (crux_compressor_create(CRUX_COMM_WORLD, 1000, &qc, &qh) != CRUX_ERR_ARG)
+        FAIL("qsgd_reduce 2 accepted");
+    qc.qsgd_reduce = CRUX_QSGD_RING;
+    qc.memory = CRUX_MEMORY_RESIDUAL;
+    if (crux_compressor_create(CRUX_COMM_WORLD, 1000, &qc, &qh) != CRUX_ERR_ARG)
+        FAIL("qsgd ring with residual memory accepted");
     crux_compress_config_t cfg;
     crux_compress_config_init(&cfg, CRUX_CODEC_TOPK);
     if (cfg.memory != CRUX_MEMORY_MOMENTUM || cfg.beta != 0.9f)
@@ -329,6 +488,10 @@ int main(int argc, char **argv)
         run_qsgd_exact(strtoul(argv[2], NULL, 10), atoi(argv[3]), argv[4]);
     else if (!strcmp(mode, "qsgd-noisy") && argc == 3)
         run_qsgd_noisy(strtoul(argv[2], NULL, 10));
+    else if (!strcmp(mode, "qsgd-ring") && argc == 4)
+        run_qsgd_ring(strtoul(argv[2], NULL, 10), atoi(argv[3]));
+    else if (!strcmp(mode, "qsgd-unbiased") && argc == 4)
+        run_qsgd_unbiased(strtoul(argv[2], NULL, 10), atoi(argv[3]));
     else if (!strcmp(mode, "errors"))
         run_errors();
     else {

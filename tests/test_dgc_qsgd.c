@@ -69,6 +69,22 @@ Test(qsgd, noisy_identical_on_all_ranks)
     RUN(8, "shm", "4096", "qsgd-noisy", "10000");
     RUN(5, "shm", "4096", "qsgd-exact", "5000", "7", "residual");
 }
+/* Ring with re-quantisation per hop: bit-exact against the simulated hops on 1-5
+ * ranks, one chunk and many (n = 3001: the last chunk and blocks are partial; 5 ranks
+ * on 1000 elements leave some blocks empty), and unbiased. */
+Test(qsgd, ring_equals_simulation)
+{
+    for (int p = 1; p <= 5; p++)
+        RUN(p, "shm", "4M", "qsgd-ring", "3001", "3");
+    RUN(3, "shm", "4096", "qsgd-ring", "3001", "2");
+    RUN(5, "shm", "4096", "qsgd-ring", "1000", "2");
+    RUN(4, "tcp", "4096", "qsgd-ring", "5000", "2");
+}
+Test(qsgd, ring_unbiased)
+{
+    RUN(2, "shm", "4M", "qsgd-unbiased", "4096", "400");
+    RUN(4, "shm", "4M", "qsgd-unbiased", "4096", "400");
+}
 Test(qsgd, tcp_3_ranks) { RUN(3, "tcp", "4096", "qsgd-exact", "5000", "7", "residual"); }
 
 Test(compress_errors, dgc_qsgd_config) { RUN(2, "shm", "4M", "errors"); }

@@ -6,7 +6,8 @@
 #
 # Reads DIR/curve-CONFIG-nP.csv (crux-train --csv) and DIR/CONFIG-nP.flags, writes
 # DIR/table.md and, when gnuplot is installed, DIR/acc-vs-epoch-nP.png.
-#   ratio       dense bytes / wire bytes (what this rank sent, indices included),
+#   ratio       dense bytes (a dense ring's per rank, crux.h ring_bytes) / wire bytes
+#               (what this rank sent, indices included),
 #               of the last epoch (after any warm-up) and over all epochs
 #   delta       final test accuracy minus dense's at the same P, in points
 #   target      the papers' claim for the codec (issue 7 item 4), PASS or MISS;

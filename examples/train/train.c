@@ -67,7 +67,8 @@ static void usage(FILE *f)
             "  --data DIR             Fashion-MNIST IDX files (%s)\n"
             "  --limit N              use only the first N training samples\n"
             "  --csv FILE             per epoch: epoch,train_loss,test_acc,epoch_s,wall_s,\n"
-            "                         dense_bytes,wire_bytes,cpu_s (rank 0 writes it)\n"
+            "                         dense_bytes,wire_bytes,cpu_s (rank 0 writes it; dense_bytes =\n"
+            "                         a dense ring allreduce's bytes per rank, 2(P-1)/P * count * 4)\n"
             "  --help\n",
             DATA_DEFAULT_DIR);
 }

@@ -160,7 +160,57 @@ struct ibv_mr *vb_reg(struct ibv_pd *pd, void *addr, size_t len, int access, con
 /* verbs_conn.c: everything up to connected QPs (collective). */
 int vb_init(struct crux_ctx *ctx, const int *peers, int npeers, struct crux_tp **out);
 
-/* verbs.c */
+/* verbs.c: posting, credits, failures, completions and the vtable. */
 void vb_close(struct crux_tp *base);
+/* The peer is gone or broken: QP to error, every transfer with it fails with rc. */
+void vb_peer_fail(struct crux_verbs *vb, struct vb_peer *q, int rc);
+/* The ranks called different collectives: fail the peer's transfers, hang up later. */
+void vb_peer_hangup(struct crux_verbs *vb, struct vb_peer *q, int rc);
+/* ibv_post_send; on failure logs, fails the peer and returns -1. */
+int vb_post_send_wr(struct crux_verbs *vb, struct vb_peer *q, struct ibv_send_wr *wr);
+/* A free send slot, its header zeroed; the caller checked can_send_msg. */
+struct vb_wire *vb_take_sslot(struct vb_peer *q, uint16_t *s);
+/* SEND send slot s (header + len payload bytes), spending a credit. */
+int vb_send_slot(struct crux_verbs *vb, struct vb_peer *q, uint16_t s, size_t len);
+/* Hand our re-posted receive count to the peer (RDMA write), if due. */
+void vb_credit_push(struct crux_verbs *vb, struct vb_peer *q);
+
+/* verbs_tx.c: the send side (eager, RTS, rendezvous writes). */
+void vb_tx_progress(struct crux_verbs *vb, struct vb_peer *q);
+void vb_on_grant(struct crux_verbs *vb, struct vb_peer *q, const struct vb_wire *w);
+void vb_on_refuse(struct crux_verbs *vb, struct vb_peer *q, const struct vb_wire *w);
+
+/* verbs_rx.c: the receive side (matching, landing, grants, refusals, re-posting). */
+void vb_repost_recvs(struct crux_verbs *vb, struct vb_peer *q);
+void vb_rx_send_grants(struct crux_verbs *vb, struct vb_peer *q);
+void vb_rx_send_refuse(struct crux_verbs *vb, struct vb_peer *q);
+void vb_rx_match(struct crux_verbs *vb, struct vb_peer *q);
+void vb_on_recv(struct crux_verbs *vb, struct vb_peer *q, const struct ibv_wc *wc);
+
+/* Small helpers of all three. */
+static inline uint64_t wr_id(int idx, enum vb_wr_kind k, unsigned slot)
+{
+    return (uint64_t)idx << 32 | (uint64_t)k << 16 | slot;
+}
+
+static inline size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
+
+static inline void xfer_finish(struct crux_xfer *x, int rc)
+{
+    x->rc = rc;
+    x->done = 1;
+}
+
+static inline int has_credit(const struct vb_peer *q)
+{
+    return q->credits_used < VB_NRECV + *q->credit_in;
+}
+
+static inline int can_send_msg(const struct vb_peer *q)
+{
+    return q->nsfree > 0 && q->sq_inflight < VB_SQ_DEPTH && has_credit(q);
+}
+
+static inline void slot_free(struct vb_peer *q, uint16_t s) { q->rfree[q->nrfree++] = s; }
 
 #endif

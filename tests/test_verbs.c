@@ -72,6 +72,49 @@ Test(verbs_hca, auto_offers_active_ports_only)
     cr_assert_eq(vb_hca_pick("auto", none, 1), -1);
 }
 
+/* ---------- CRUX_IB_* knobs both ends of a QP must share ---------- */
+
+Test(verbs_agree, retry_budget_and_lane_must_match)
+{
+    struct crux_config a = {.ib_timeout = 18, .ib_retry_cnt = 7, .ib_sl = 0, .ib_tc = 0}, b = a;
+    struct vb_agreed x, y;
+    int va = -1, vb = -1;
+    vb_agreed_of(&a, &x);
+    vb_agreed_of(&b, &y);
+    cr_assert_null(vb_agreed_diff(&x, &y, &va, &vb));
+    b.ib_timeout = 14;
+    vb_agreed_of(&b, &y);
+    cr_assert_str_eq(vb_agreed_diff(&x, &y, &va, &vb), "CRUX_IB_TIMEOUT");
+    cr_assert_eq(va, 18);
+    cr_assert_eq(vb, 14);
+    b = a, b.ib_retry_cnt = 3;
+    vb_agreed_of(&b, &y);
+    cr_assert_str_eq(vb_agreed_diff(&x, &y, &va, &vb), "CRUX_IB_RETRY_CNT");
+    b = a, b.ib_sl = 5;
+    vb_agreed_of(&b, &y);
+    cr_assert_str_eq(vb_agreed_diff(&x, &y, &va, &vb), "CRUX_IB_SL");
+    b = a, b.ib_tc = 106;
+    vb_agreed_of(&b, &y);
+    cr_assert_str_eq(vb_agreed_diff(&x, &y, &va, &vb), "CRUX_IB_TC");
+    cr_assert_eq(vb, 106);
+}
+
+/* Device, GID and cache budget are per host: they may differ. */
+Test(verbs_agree, local_knobs_may_differ)
+{
+    struct crux_config a = {.ib_timeout = 18, .ib_retry_cnt = 7, .ib_gid_index = 1,
+                            .ib_mr_cache_bytes = 1u << 30, .ib_hca = "mlx5_0"};
+    struct crux_config b = a;
+    b.ib_gid_index = 3;
+    b.ib_mr_cache_bytes = 0;
+    snprintf(b.ib_hca, sizeof(b.ib_hca), "=mlx5_1:1");
+    struct vb_agreed x, y;
+    int va, vb;
+    vb_agreed_of(&a, &x);
+    vb_agreed_of(&b, &y);
+    cr_assert_null(vb_agreed_diff(&x, &y, &va, &vb));
+}
+
 /* ---------- registration cache, device-free ---------- */
 
 struct fake_dev {
@@ -365,14 +408,17 @@ Test(verbs_vm, one_guest_paths_3ranks_and_memlock, .timeout = 200)
  * Then two ranks disagree on the count of a rendezvous-sized allreduce: the
  * receivers refuse the RTS, and both ranks get CRUX_ERR_MISMATCH, no hang. Then
  * a sender floods a receiver that posts nothing: credits stop it at the posted
- * slots, and all 400 messages arrive in order, exact. */
+ * slots, and all 400 messages arrive in order, exact. Last, two ranks with
+ * different CRUX_IB_TIMEOUT both fail crux_init with CRUX_ERR_MISMATCH naming it. */
 Test(verbs_vm, one_guest_4ranks_mismatch_flow, .timeout = 200)
 {
     struct proc_result res;
     vm_run(1, "export CRUX_TRANSPORT=verbs CRUX_TIMEOUT=60; " CRUX_RUN_PATH " -n 4 "
            CRUX_TEST_VERBSPROG " sizes; echo sizes-exit=$?; " CRUX_RUN_PATH " -n 2 "
            CRUX_TEST_VERBSPROG " mismatch; echo mismatch-exit=$?; " CRUX_RUN_PATH " -n 2 "
-           CRUX_TEST_VERBSPROG " flow; echo flow-exit=$?", 170, &res);
+           CRUX_TEST_VERBSPROG " flow; echo flow-exit=$?; " CRUX_RUN_PATH " -n 2 bash -c "
+           "'CRUX_IB_TIMEOUT=$((14 + CRUX_RANK)) exec " CRUX_TEST_VERBSPROG " sizes'; "
+           "echo ibcfg-exit=$?", 170, &res);
     cr_assert(strstr(res.out, "sizes-exit=0"));
     cr_assert(strstr(res.out, "flow-exit=0"), "credit flow control or ordering failed");
     cr_assert_eq(count(res.out, ": OK"), 6);
@@ -385,6 +431,11 @@ Test(verbs_vm, one_guest_4ranks_mismatch_flow, .timeout = 200)
      * hang-up is a race): the log decodes both headers. */
     cr_assert(strstr(res.out, "does not match: expected allreduce algo=ring dtype=float op=sum "
                               "count=10000"), "the mismatch must be logged decoded");
+    /* Ranks whose QPs would retry differently fail init, naming the variable. */
+    cr_assert(strstr(res.out, "ibcfg-exit=") && !strstr(res.out, "ibcfg-exit=0"));
+    cr_assert_eq(count(res.out, "CRUX_IB_TIMEOUT differs between rank"), 2, "both ends name it");
+    snprintf(want, sizeof(want), "crux_init returned %s", crux_error_string(CRUX_ERR_MISMATCH));
+    cr_assert_eq(count(res.out, want), 2);
     proc_result_free(&res);
 }
 

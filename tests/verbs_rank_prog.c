@@ -319,8 +319,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s paths|sizes|mismatch|flow\n", argv[0]);
         return 2;
     }
-    if (crux_init(&argc, &argv) != CRUX_SUCCESS)
+    int irc = crux_init(&argc, &argv);
+    if (irc != CRUX_SUCCESS) {
+        printf("crux_init returned %s\n", crux_error_string(irc));
         return 2;
+    }
     crux_comm_rank(CRUX_COMM_WORLD, &rank);
     crux_comm_size(CRUX_COMM_WORLD, &nranks);
     if (!strcmp(argv[1], "mismatch"))

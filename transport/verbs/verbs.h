@@ -158,6 +158,16 @@ void vb_gid_format(const uint8_t gid[16], char *buf, size_t len);
 struct ibv_mr *vb_reg(struct ibv_pd *pd, void *addr, size_t len, int access, const char *what);
 
 /* verbs_conn.c: everything up to connected QPs (collective). */
+/* The CRUX_IB_* knobs both ends of a QP must share: the retry budget decides how
+ * soon each side declares the other dead, SL/TC the lane both directions travel.
+ * Not here, on purpose: CRUX_IB_HCA and CRUX_IB_GID_INDEX name local hardware and
+ * may differ per host; CRUX_IB_MR_CACHE_BYTES is a local memory budget. */
+struct vb_agreed {
+    uint8_t timeout, retry_cnt, sl, tc;
+};
+void vb_agreed_of(const struct crux_config *cfg, struct vb_agreed *a);
+/* NULL if a and b agree, else the first differing variable's name and both values. */
+const char *vb_agreed_diff(const struct vb_agreed *a, const struct vb_agreed *b, int *va, int *vb);
 int vb_init(struct crux_ctx *ctx, const int *peers, int npeers, struct crux_tp **out);
 
 /* verbs.c: posting, credits, failures, completions and the vtable. */

@@ -20,8 +20,32 @@ struct vb_rec_head {
     uint8_t ok;
     uint32_t rkey; /* of the region holding the credit words */
     uint32_t psn;
-    uint32_t pad;
+    struct vb_agreed agreed;
 };
+
+void vb_agreed_of(const struct crux_config *cfg, struct vb_agreed *a)
+{
+    *a = (struct vb_agreed){.timeout = (uint8_t)cfg->ib_timeout,
+                            .retry_cnt = (uint8_t)cfg->ib_retry_cnt, .sl = (uint8_t)cfg->ib_sl,
+                            .tc = (uint8_t)cfg->ib_tc};
+}
+
+const char *vb_agreed_diff(const struct vb_agreed *a, const struct vb_agreed *b, int *va, int *vb)
+{
+    const struct { const char *name; uint8_t x, y; } k[] = {
+        {"CRUX_IB_TIMEOUT", a->timeout, b->timeout},
+        {"CRUX_IB_RETRY_CNT", a->retry_cnt, b->retry_cnt},
+        {"CRUX_IB_SL", a->sl, b->sl},
+        {"CRUX_IB_TC", a->tc, b->tc},
+    };
+    for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++)
+        if (k[i].x != k[i].y) {
+            *va = k[i].x;
+            *vb = k[i].y;
+            return k[i].name;
+        }
+    return NULL;
+}
 
 struct vb_rec_peer {
     uint32_t qpn;
@@ -251,6 +275,7 @@ static void fill_record(struct crux_verbs *vb, struct vb_rec_head *h, uint32_t p
     h->mtu = (uint8_t)vb->mtu;
     h->rkey = vb->mr->rkey;
     h->psn = psn;
+    vb_agreed_of(&vb->base.ctx->cfg, &h->agreed);
     for (int i = 0; i < vb->npeers; i++) {
         struct vb_rec_peer *e = rec_peer(h, vb->peers[i].rank);
         e->qpn = vb->peers[i].qp->qp_num;
@@ -265,6 +290,16 @@ static int connect_all(struct crux_verbs *vb, struct crux_ctx *ctx, uint8_t *all
         struct vb_rec_head *rh = rec_of(all, ctx->size, q->rank);
         if (!rh->ok) /* that rank failed and says so itself */
             return CRUX_ERR_TRANSPORT;
+        struct vb_agreed mine;
+        int v_me, v_peer;
+        vb_agreed_of(&ctx->cfg, &mine);
+        const char *var = vb_agreed_diff(&mine, &rh->agreed, &v_me, &v_peer);
+        if (var) {
+            crux_error(CRUX_SUBSYS_NET, "verbs: %s differs between rank %d (host %s: %d) and this "
+                       "rank (%d): both ends of a queue pair must use the same value", var,
+                       q->rank, q->host, v_peer, v_me);
+            return CRUX_ERR_MISMATCH;
+        }
         struct vb_rec_peer *e = rec_peer(rh, ctx->rank);
         if (e->qpn == 0) {
             crux_error(CRUX_SUBSYS_NET, "verbs: rank %d (%s) has no QP for this rank: the ranks "

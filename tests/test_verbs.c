@@ -20,7 +20,10 @@
 #include "harness.h"
 
 #ifdef CRUX_HAVE_VERBS
+#include <sys/mman.h>
+
 #include "transport/verbs/verbs.h"
+#include "transport/verbs/verbs_memhook.h"
 
 /* ---------- CRUX_IB_HCA: which device port ---------- */
 
@@ -276,6 +279,149 @@ Test(verbs_mrc, registration_failure_propagates)
     cr_assert_eq(d.regs, 0, "nothing idle to evict: no retry");
     cr_assert_eq(mrc_acquire(&c, A(0x10000), 100, &a), CRUX_SUCCESS);
     mrc_release(&c, a);
+    mrc_destroy(&c);
+    cr_assert_eq(d.pinned, 0);
+}
+/* ---------- released memory leaves the cache (verbs_memhook) ---------- */
+
+static void *map_pages(void *at, size_t n)
+{
+    void *p = mmap(at, n * PG, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | (at ? MAP_FIXED_NOREPLACE : 0), -1, 0);
+    cr_assert_neq(p, MAP_FAILED);
+    return p;
+}
+
+/* Acquire and release at once; returns the entry (still cached, or dropped). */
+static struct mrc_entry *touch(struct mr_cache *c, const void *p, size_t len)
+{
+    struct mrc_entry *e;
+    cr_assert_eq(mrc_acquire(c, p, len, &e), CRUX_SUCCESS);
+    mrc_release(c, e);
+    return e;
+}
+
+Test(verbs_memhook, hooks_are_the_processs) { cr_assert(mh_hooks_active()); }
+
+/* The test the cache exists to pass: unmap a registered buffer, map new pages at
+ * the same address, and the next lookup registers them instead of returning the
+ * registration of the old pages. */
+Test(verbs_memhook, munmap_then_new_pages_at_the_same_address)
+{
+    struct fake_dev d = {0};
+    struct mr_cache c;
+    mrc_init(&c, 1u << 30, PG, fake_reg, fake_dereg, &d);
+    uint8_t *m = map_pages(NULL, 4);
+    touch(&c, m, 4 * PG);
+    touch(&c, m + 100, 200);
+    cr_assert_eq(c.hits, 1, "nothing released yet: a hit");
+    cr_assert_eq(munmap(m, 4 * PG), 0);
+    uint8_t *m2 = map_pages(m, 4);
+    cr_assert_eq(m2, m, "the kernel gave the same address back");
+    touch(&c, m2, 4 * PG);
+    cr_assert_eq(c.misses, 2, "new pages: registered again");
+    cr_assert_eq(d.regs, 2);
+    cr_assert_eq(d.deregs, 1, "the old registration was dropped");
+    cr_assert_eq(c.invalidations, 1);
+    cr_assert_eq(munmap(m2, 4 * PG), 0);
+    mrc_destroy(&c);
+    cr_assert_eq(d.pinned, 0);
+}
+
+/* glibc unmaps a large chunk inside free(), through no interposable munmap: the
+ * free hook drops the registration of the whole chunk. */
+Test(verbs_memhook, free_of_a_registered_malloc_buffer)
+{
+    struct fake_dev d = {0};
+    struct mr_cache c;
+    mrc_init(&c, 1u << 30, PG, fake_reg, fake_dereg, &d);
+    size_t n = 4u << 20;
+    uint8_t *p = malloc(n);
+    cr_assert_not_null(p);
+    touch(&c, p + 4096, n - 8192);
+    free(p);
+    uint8_t *other = map_pages(NULL, 1);
+    touch(&c, other, PG);
+    cr_assert_eq(d.deregs, 1, "the freed buffer's registration went at the next lookup");
+    cr_assert_eq(c.invalidations, 1);
+    /* An unrelated free leaves the cache alone. */
+    free(malloc(64));
+    touch(&c, other, PG);
+    cr_assert_eq(c.hits, 1);
+    cr_assert_eq(c.invalidations, 1);
+    munmap(other, PG);
+    mrc_destroy(&c);
+    cr_assert_eq(d.pinned, 0);
+}
+
+Test(verbs_memhook, madvise_mremap_and_mmap_fixed)
+{
+    struct fake_dev d = {0};
+    struct mr_cache c;
+    mrc_init(&c, 1u << 30, PG, fake_reg, fake_dereg, &d);
+    uint8_t *m = map_pages(NULL, 8);
+    touch(&c, m, 2 * PG);
+    touch(&c, m + 4 * PG, 2 * PG);
+    cr_assert_eq(madvise(m, 2 * PG, MADV_WILLNEED), 0);
+    touch(&c, m, 2 * PG);
+    cr_assert_eq(c.invalidations, 0, "WILLNEED keeps the pages");
+    cr_assert_eq(madvise(m + PG, PG, MADV_DONTNEED), 0);
+    touch(&c, m, 2 * PG);
+    cr_assert_eq(c.invalidations, 1, "DONTNEED discards them");
+    cr_assert_eq(c.misses, 3);
+    /* mmap MAP_FIXED over the second buffer replaces its pages. */
+    cr_assert_eq(mmap(m + 5 * PG, PG, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0), m + 5 * PG);
+    touch(&c, m + 4 * PG, 2 * PG);
+    cr_assert_eq(c.invalidations, 2);
+    /* mremap moves the first away. */
+    uint8_t *moved = mremap(m, 2 * PG, 3 * PG, MREMAP_MAYMOVE);
+    cr_assert_neq(moved, MAP_FAILED);
+    touch(&c, m + 4 * PG, 2 * PG);
+    cr_assert_eq(c.invalidations, 3);
+    cr_assert_eq(d.regs - d.deregs, 1, "only the second buffer's new registration is left");
+    munmap(moved, 3 * PG);
+    munmap(m + 2 * PG, 6 * PG);
+    mrc_destroy(&c);
+    cr_assert_eq(d.pinned, 0);
+}
+
+/* Released while a transfer uses it: never returned again, dropped at release. */
+Test(verbs_memhook, busy_entry_goes_stale)
+{
+    struct fake_dev d = {0};
+    struct mr_cache c;
+    struct mrc_entry *busy, *e;
+    mrc_init(&c, 1u << 30, PG, fake_reg, fake_dereg, &d);
+    uint8_t *m = map_pages(NULL, 2);
+    cr_assert_eq(mrc_acquire(&c, m, 2 * PG, &busy), CRUX_SUCCESS);
+    cr_assert_eq(madvise(m, 2 * PG, MADV_DONTNEED), 0);
+    cr_assert_eq(mrc_acquire(&c, m, 2 * PG, &e), CRUX_SUCCESS);
+    cr_assert_neq(e, busy, "the stale registration is not handed out");
+    cr_assert_eq(d.deregs, 0, "in use: kept until released");
+    mrc_release(&c, busy);
+    cr_assert_eq(d.deregs, 1);
+    mrc_release(&c, e);
+    munmap(m, 2 * PG);
+    mrc_destroy(&c);
+    cr_assert_eq(d.pinned, 0);
+}
+
+/* More releases than the note ring holds between two lookups: everything idle goes. */
+Test(verbs_memhook, lost_notes_drop_everything_idle)
+{
+    struct fake_dev d = {0};
+    struct mr_cache c;
+    mrc_init(&c, 1u << 30, PG, fake_reg, fake_dereg, &d);
+    uint8_t *m = map_pages(NULL, 2), *far = map_pages(NULL, 1);
+    touch(&c, m, PG);
+    touch(&c, far, PG);
+    for (int i = 0; i < 300; i++)
+        cr_assert_eq(madvise(m, PG, MADV_DONTNEED), 0);
+    touch(&c, m + PG, PG);
+    cr_assert_eq(d.deregs, 2, "both idle registrations were dropped");
+    munmap(m, 2 * PG);
+    munmap(far, PG);
     mrc_destroy(&c);
     cr_assert_eq(d.pinned, 0);
 }

@@ -374,10 +374,10 @@ void vb_close(struct crux_tp *base)
                PRIu64 " rendezvous (%" PRIu64 " bytes zero-copy); received %" PRIu64 " eager (%"
                PRIu64 " bytes copied), %" PRIu64 " rendezvous (%" PRIu64 " bytes zero-copy, %" PRIu64
                " bytes staged for reduce); MR cache %" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64
-               " evictions", vb->npeers, vb->tx_eager_msgs, vb->tx_eager_bytes, vb->tx_rdv_msgs,
+               " evictions, %" PRIu64 " invalidated by released memory", vb->npeers, vb->tx_eager_msgs, vb->tx_eager_bytes, vb->tx_rdv_msgs,
                vb->tx_rdv_bytes, vb->rx_eager_msgs, vb->rx_eager_bytes, vb->rx_rdv_msgs,
                vb->rx_rdv_bytes, vb->rx_staged_bytes, vb->mrc.hits, vb->mrc.misses,
-               vb->mrc.evictions);
+               vb->mrc.evictions, vb->mrc.invalidations);
     for (int i = 0; vb->peers && i < vb->npeers; i++)
         if (vb->peers[i].qp)
             ibv_destroy_qp(vb->peers[i].qp);
@@ -409,7 +409,8 @@ static int vb_stats(struct crux_tp *base, struct crux_tp_stats *st)
         .rx_eager_msgs = vb->rx_eager_msgs, .rx_eager_bytes = vb->rx_eager_bytes,
         .rx_rdv_msgs = vb->rx_rdv_msgs, .rx_rdv_bytes = vb->rx_rdv_bytes,
         .rx_staged_bytes = vb->rx_staged_bytes, .mr_hits = vb->mrc.hits,
-        .mr_misses = vb->mrc.misses, .mr_evictions = vb->mrc.evictions};
+        .mr_misses = vb->mrc.misses, .mr_evictions = vb->mrc.evictions,
+        .mr_invalidations = vb->mrc.invalidations};
     return CRUX_SUCCESS;
 }
 

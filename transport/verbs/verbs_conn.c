@@ -5,10 +5,10 @@
  * takes part, so every rank returns the same answer). */
 #include "verbs.h"
 #include "numa.h"
+#include "verbs_memhook.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -156,21 +156,24 @@ static int post_initial_recvs(struct crux_verbs *vb, struct vb_peer *q, int idx)
     return CRUX_SUCCESS;
 }
 
-/* A cached registration pins the pages a virtual range had when it was registered.
- * If malloc returns a freed buffer to the kernel (munmap, heap trim) and later hands
- * out the same addresses backed by new pages, the cached MR would point at the old
- * ones. Keep malloc from unmapping (as Open MPI's leave_pinned did): freed memory
- * stays mapped and is reused in place. Memory the application munmaps itself must
- * not be cached: set CRUX_IB_MR_CACHE_BYTES=0 then. */
-static void keep_freed_memory_mapped(struct crux_verbs *vb)
+/* Cached registrations stay valid only while the memory hooks see every release
+ * (verbs_memhook.h). Without them the cache would hand the HCA pages the
+ * application no longer has: register per message instead, and say why. */
+static size_t mr_cache_budget(const struct crux_verbs *vb, size_t wanted)
 {
-    if (mallopt(M_MMAP_MAX, 0) != 1 || mallopt(M_TRIM_THRESHOLD, -1) != 1)
-        crux_warn(CRUX_SUBSYS_NET, "verbs: mallopt refused to keep freed memory mapped; cached "
-                  "registrations may go stale: set CRUX_IB_MR_CACHE_BYTES=0");
-    else
-        crux_info(CRUX_SUBSYS_NET, "verbs: registration cache of %zu bytes on %s: malloc keeps "
-                  "freed memory mapped (M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1)",
-                  vb->base.ctx->cfg.ib_mr_cache_bytes, vb->dev_name);
+    if (wanted == 0)
+        return 0;
+    if (!mh_hooks_active()) {
+        crux_warn(CRUX_SUBSYS_NET, "verbs: registration cache off: libcrux's munmap/free hooks "
+                  "are not the process's (libcrux loaded after libc, e.g. dlopen'ed), so a "
+                  "released buffer could not be told from a live one; link libcrux into the "
+                  "program or LD_PRELOAD it to cache registrations (CRUX_IB_MR_CACHE_BYTES=0 "
+                  "silences this)");
+        return 0;
+    }
+    crux_info(CRUX_SUBSYS_NET, "verbs: registration cache of %zu bytes on %s; released memory "
+              "is dropped from it (munmap/mremap/madvise/free hooks)", wanted, vb->dev_name);
+    return wanted;
 }
 
 static int local_open(struct crux_verbs *vb, const struct crux_config *cfg)
@@ -203,10 +206,8 @@ static int local_open(struct crux_verbs *vb, const struct crux_config *cfg)
         return CRUX_ERR_TRANSPORT;
     }
     CRUX_TRY(region_open(vb));
-    if (cfg->ib_mr_cache_bytes > 0)
-        keep_freed_memory_mapped(vb);
-    mrc_init(&vb->mrc, cfg->ib_mr_cache_bytes, (size_t)sysconf(_SC_PAGESIZE), mrc_reg_cb,
-             mrc_dereg_cb, vb);
+    mrc_init(&vb->mrc, mr_cache_budget(vb, cfg->ib_mr_cache_bytes),
+             (size_t)sysconf(_SC_PAGESIZE), mrc_reg_cb, mrc_dereg_cb, vb);
     for (int i = 0; i < vb->npeers; i++) {
         CRUX_TRY(qp_create(vb, &vb->peers[i]));
         CRUX_TRY(post_initial_recvs(vb, &vb->peers[i], i));

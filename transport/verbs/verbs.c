@@ -110,15 +110,21 @@ int vb_post_send_wr(struct crux_verbs *vb, struct vb_peer *q, struct ibv_send_wr
 int vb_send_slot(struct crux_verbs *vb, struct vb_peer *q, uint16_t s, size_t len)
 {
     int idx = (int)(q - vb->peers);
-    struct ibv_sge sge = {.addr = (uintptr_t)(q->sslots + (size_t)s * VB_SLOT_BYTES),
-                          .length = (uint32_t)(VB_HEAD_BYTES + len), .lkey = vb->mr->lkey};
+    struct vb_wire *w = (struct vb_wire *)(void *)(q->sslots + (size_t)s * VB_SLOT_BYTES);
+    uint32_t bytes = (uint32_t)(VB_HEAD_BYTES + len);
+    w->credit = q->reposts;
+    struct ibv_sge sge = {.addr = (uintptr_t)w, .length = bytes, .lkey = vb->mr->lkey};
     struct ibv_send_wr wr = {.wr_id = wr_id(idx, WR_SEND, s), .sg_list = &sge, .num_sge = 1,
                              .opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED};
+    /* Small: the HCA takes the bytes with the WQE instead of fetching them. */
+    if (bytes <= vb->max_inline)
+        wr.send_flags |= IBV_SEND_INLINE;
     if (vb_post_send_wr(vb, q, &wr) != 0) {
         q->sfree[q->nsfree++] = s;
         return -1;
     }
     q->credits_used++;
+    q->credit_sent = w->credit;
     return 0;
 }
 
@@ -130,11 +136,13 @@ struct vb_wire *vb_take_sslot(struct vb_peer *q, uint16_t *s)
     return w;
 }
 
-/* Hand back re-posted receive WQEs (also the liveness probe: a dead peer makes it fail). */
+/* Hand back re-posted receive WQEs that no SEND header carried (also the liveness
+ * probe: a dead peer makes it fail). Lazily: the peer still holds at least
+ * VB_NRECV - VB_CREDIT_LAZY credits, and our next SEND to it may carry them. */
 void vb_credit_push(struct crux_verbs *vb, struct vb_peer *q)
 {
     if (q->failed || q->credit_inflight || q->sq_inflight >= VB_SQ_DEPTH ||
-        (q->reposts == q->credit_sent && !q->probe_wanted))
+        (q->reposts - q->credit_sent < VB_CREDIT_LAZY && !q->probe_wanted))
         return;
     *q->credit_src = q->reposts;
     struct ibv_sge sge = {.addr = (uintptr_t)q->credit_src, .length = 8, .lkey = vb->mr->lkey};
@@ -161,12 +169,12 @@ static void on_send_done(struct crux_verbs *vb, struct vb_peer *q, const struct 
     }
 }
 
-/* Drain the CQ; returns the number of completions seen. */
-static int poll_cq(struct crux_verbs *vb)
+/* Drain one CQ; returns the number of completions seen. */
+static int poll_one_cq(struct crux_verbs *vb, struct ibv_cq *cq)
 {
     struct ibv_wc wc[16];
     int total = 0, n;
-    while ((n = ibv_poll_cq(vb->cq, 16, wc)) > 0) {
+    while ((n = ibv_poll_cq(cq, 16, wc)) > 0) {
         total += n;
         for (int i = 0; i < n; i++) {
             int idx = (int)(wc[i].wr_id >> 32);
@@ -188,6 +196,12 @@ static int poll_cq(struct crux_verbs *vb)
         return -1;
     }
     return total;
+}
+
+static int poll_cq(struct crux_verbs *vb)
+{
+    int s = poll_one_cq(vb, vb->scq), r = s < 0 ? s : poll_one_cq(vb, vb->cq);
+    return s < 0 || r < 0 ? -1 : s + r;
 }
 
 static void peer_progress(struct crux_verbs *vb, struct vb_peer *q)
@@ -314,19 +328,42 @@ static void probe_peers(struct crux_verbs *vb)
     }
 }
 
+/* Does some wait depend on a send completion (a slot or WQE to recycle, rendezvous
+ * writes to finish, a credit write or probe to land)? Otherwise our own ACKed
+ * sends must not wake us: a small-message wait would pay two wake-ups. */
+static int needs_send_completion(const struct crux_verbs *vb)
+{
+    for (int i = 0; i < vb->npeers; i++) {
+        const struct vb_peer *q = &vb->peers[i];
+        if (!q->failed && (q->tx_writes > 0 || q->nsfree == 0 || q->credit_inflight ||
+                           q->sq_inflight >= VB_SQ_DEPTH))
+            return 1;
+    }
+    return 0;
+}
+
+static int arm(struct ibv_cq *cq, int *armed, const char *what)
+{
+    if (*armed)
+        return CRUX_SUCCESS;
+    int err = ibv_req_notify_cq(cq, 0);
+    if (err) {
+        crux_error(CRUX_SUBSYS_NET, "verbs: ibv_req_notify_cq (%s): %s", what, strerror(err));
+        return CRUX_ERR_TRANSPORT;
+    }
+    *armed = 1;
+    return CRUX_SUCCESS;
+}
+
 static int vb_block(struct crux_tp *base, int timeout_ms)
 {
     struct crux_verbs *vb = vb_of(base);
     if (vb->npeers == 0)
         return vb->failed_rc;
     probe_peers(vb);
-    if (!vb->cq_armed) {
-        if (ibv_req_notify_cq(vb->cq, 0) != 0) {
-            crux_error(CRUX_SUBSYS_NET, "verbs: ibv_req_notify_cq: %s", strerror(errno));
-            return CRUX_ERR_TRANSPORT;
-        }
-        vb->cq_armed = 1;
-    }
+    CRUX_TRY(arm(vb->cq, &vb->cq_armed, "receive CQ"));
+    if (needs_send_completion(vb))
+        CRUX_TRY(arm(vb->scq, &vb->scq_armed, "send CQ"));
     /* Completions that arrived before arming raise no event: look once more. */
     int rc = vb_progress(base);
     if (rc != CRUX_SUCCESS)
@@ -336,9 +373,9 @@ static int vb_block(struct crux_tp *base, int timeout_ms)
     if (poll(&pfd, 1, ms) > 0) {
         struct ibv_cq *cq;
         void *cq_ctx;
-        if (ibv_get_cq_event(vb->chan, &cq, &cq_ctx) == 0) {
+        while (ibv_get_cq_event(vb->chan, &cq, &cq_ctx) == 0) { /* O_NONBLOCK channel */
             ibv_ack_cq_events(cq, 1);
-            vb->cq_armed = 0;
+            *(cq == vb->scq ? &vb->scq_armed : &vb->cq_armed) = 0;
         }
     }
     return vb_progress(base);
@@ -367,7 +404,7 @@ void vb_close(struct crux_tp *base)
     struct crux_verbs *vb = vb_of(base);
     if (!vb)
         return;
-    if (vb->cq)
+    if (vb->cq && vb->scq)
         drain_sends(vb);
     crux_debug(CRUX_SUBSYS_NET,
                "verbs: closing %d peers: sent %" PRIu64 " eager messages (%" PRIu64 " bytes) and %"
@@ -389,6 +426,8 @@ void vb_close(struct crux_tp *base)
         crux_numa_free(vb->region, vb->region_bytes);
     if (vb->cq)
         ibv_destroy_cq(vb->cq);
+    if (vb->scq)
+        ibv_destroy_cq(vb->scq);
     if (vb->chan)
         ibv_destroy_comp_channel(vb->chan);
     if (vb->pd)

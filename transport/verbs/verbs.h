@@ -13,10 +13,12 @@
  *   REFUSE the receiver's answer to an RTS whose header it does not expect (or whose
  *          buffer it cannot register); both sides then hang up on each other.
  * Every SEND and WRITE_WITH_IMM consumes one receive WQE of the peer: the sender
- * spends a credit on each, and the receiver RDMA-writes its cumulative count of
- * re-posted WQEs into the sender's credit word (no WQE consumed), so a fast
- * sender never overruns a slow receiver. One send is active per peer at a time:
- * FIFO order on the wire is FIFO order of completion.
+ * spends a credit on each, and the receiver hands back its cumulative count of
+ * re-posted WQEs, so a fast sender never overruns a slow receiver. The count rides
+ * in the header of every SEND going the other way (free: a collective's traffic
+ * runs both ways); only when VB_CREDIT_LAZY re-posts are still unreported is it
+ * RDMA-written into the sender's credit word (no WQE consumed). One send is active
+ * per peer at a time: FIFO order on the wire is FIFO order of completion.
  */
 #ifndef CRUX_VERBS_H
 #define CRUX_VERBS_H
@@ -38,6 +40,8 @@
 #define VB_MAX_WRITES 16     /* rendezvous writes in flight per peer */
 #define VB_SQ_DEPTH (VB_NSEND + VB_MAX_WRITES + 2)
 #define VB_NGRANTS 4
+#define VB_CREDIT_LAZY (VB_NRECV / 2) /* unreported re-posts that force a credit write */
+#define VB_MAX_INLINE 256    /* inline data asked of the QP: header-only and tiny SENDs */
 
 enum vb_type { VB_EAGER = 1, VB_RTS, VB_CTS, VB_REFUSE };
 enum vb_refuse_why { VB_REFUSE_MISMATCH = 0, VB_REFUSE_NOREG = 1 }; /* in vb_wire.off */
@@ -50,6 +54,7 @@ struct vb_wire {
     uint64_t off, len, addr; /* CTS: grant of message bytes [off, off+len) at addr */
     uint32_t rkey;
     uint32_t pad;
+    uint64_t credit;         /* the sender's re-post count (piggybacked credits) */
 };
 
 /* wr_id = peer index << 32 | kind << 16 | slot */
@@ -72,6 +77,7 @@ struct vb_peer {
     uint8_t *sslots;            /* [VB_NSEND] send slots */
     uint8_t *scratch;           /* 2 * tp->window: receive-with-reduce landing zone */
     volatile uint64_t *credit_in;  /* the peer writes its WQE re-posts here */
+    uint64_t credit_seen;          /* ... or tells them in its SEND headers */
     volatile uint64_t *credit_src; /* our re-posts, the source of our credit writes */
     uint64_t remote_credit_addr;   /* where our credit writes go on the peer */
     uint32_t remote_rkey;
@@ -118,8 +124,9 @@ struct crux_verbs {
     struct ibv_context *ctx;
     struct ibv_pd *pd;
     struct ibv_comp_channel *chan;
-    struct ibv_cq *cq;
-    int cq_armed;
+    struct ibv_cq *cq;          /* receive completions: every wait sleeps on these */
+    struct ibv_cq *scq;         /* send completions: armed only when a wait needs one */
+    int cq_armed, scq_armed;
     struct ibv_mr *mr;          /* the library's own region: slots, scratch, credit words */
     uint8_t *region;
     size_t region_bytes, per_peer_bytes;
@@ -130,6 +137,7 @@ struct crux_verbs {
     uint8_t gid[16];
     uint16_t lid;
     enum ibv_mtu mtu;
+    uint32_t max_inline;        /* what the QPs accepted of VB_MAX_INLINE */
     int is_eth;
     int npeers;
     struct vb_peer *peers;
@@ -213,7 +221,8 @@ static inline void xfer_finish(struct crux_xfer *x, int rc)
 
 static inline int has_credit(const struct vb_peer *q)
 {
-    return q->credits_used < VB_NRECV + *q->credit_in;
+    uint64_t written = *q->credit_in;
+    return q->credits_used < VB_NRECV + (written > q->credit_seen ? written : q->credit_seen);
 }
 
 static inline int can_send_msg(const struct vb_peer *q)

@@ -114,11 +114,17 @@ static int region_open(struct crux_verbs *vb)
 static int qp_create(struct crux_verbs *vb, struct vb_peer *q)
 {
     struct ibv_qp_init_attr ia = {
-        .send_cq = vb->cq, .recv_cq = vb->cq, .qp_type = IBV_QPT_RC,
+        .send_cq = vb->scq, .recv_cq = vb->cq, .qp_type = IBV_QPT_RC,
         .cap = {.max_send_wr = VB_SQ_DEPTH, .max_recv_wr = VB_NRECV, .max_send_sge = 1,
-                .max_recv_sge = 1},
+                .max_recv_sge = 1, .max_inline_data = VB_MAX_INLINE},
     };
     q->qp = ibv_create_qp(vb->pd, &ia);
+    if (!q->qp && (errno == EINVAL || errno == ENOMEM)) {
+        ia.cap.max_inline_data = 0; /* a device without inline sends */
+        q->qp = ibv_create_qp(vb->pd, &ia);
+    }
+    if (q->qp && (q == vb->peers || ia.cap.max_inline_data < vb->max_inline))
+        vb->max_inline = ia.cap.max_inline_data;
     if (!q->qp) {
         crux_error(CRUX_SUBSYS_NET, "verbs: ibv_create_qp for rank %d (%s) on %s: %s", q->rank,
                    q->host, vb->dev_name, strerror(errno));
@@ -198,10 +204,16 @@ static int local_open(struct crux_verbs *vb, const struct crux_config *cfg)
         crux_error(CRUX_SUBSYS_NET, "verbs: completion channel O_NONBLOCK: %s", strerror(errno));
         return CRUX_ERR_TRANSPORT;
     }
-    int depth = vb->npeers * (VB_SQ_DEPTH + VB_NRECV) + 16;
+    int depth = vb->npeers * VB_NRECV + 16, sdepth = vb->npeers * VB_SQ_DEPTH + 16;
     vb->cq = ibv_create_cq(vb->ctx, depth, NULL, vb->chan, 0);
     if (!vb->cq) {
         crux_error(CRUX_SUBSYS_NET, "verbs: ibv_create_cq(depth=%d) on %s: %s", depth,
+                   vb->dev_name, strerror(errno));
+        return CRUX_ERR_TRANSPORT;
+    }
+    vb->scq = ibv_create_cq(vb->ctx, sdepth, NULL, vb->chan, 0);
+    if (!vb->scq) {
+        crux_error(CRUX_SUBSYS_NET, "verbs: ibv_create_cq(depth=%d, sends) on %s: %s", sdepth,
                    vb->dev_name, strerror(errno));
         return CRUX_ERR_TRANSPORT;
     }
@@ -249,8 +261,8 @@ static int qp_connect(struct crux_verbs *vb, struct vb_peer *q, const struct cru
         return CRUX_ERR_TRANSPORT;
     }
     memcpy(q->rgid, rh->gid, 16);
-    crux_debug(CRUX_SUBSYS_NET, "verbs: QP %u -> rank %d (%s) qpn %u GID %s MTU %d", q->qp->qp_num,
-               q->rank, q->host, rqpn, g, 128 << mtu);
+    crux_debug(CRUX_SUBSYS_NET, "verbs: QP %u -> rank %d (%s) qpn %u GID %s MTU %d, inline %u",
+               q->qp->qp_num, q->rank, q->host, rqpn, g, 128 << mtu, vb->max_inline);
     return CRUX_SUCCESS;
 }
 

@@ -20,6 +20,10 @@
 
 #define MH_RING 256u
 
+/* Hooks can run before a sanitizer runtime has set itself up (its own start-up
+ * frees memory): nothing on their path may be instrumented. */
+#define MH_NOSAN __attribute__((no_sanitize_address, no_sanitize_undefined))
+
 struct mh_note {
     _Atomic uint64_t seq; /* index + 1 once written */
     _Atomic uintptr_t start, end;
@@ -109,7 +113,7 @@ int mh_drain(uint64_t *cursor, void (*fn)(void *arg, uintptr_t start, uintptr_t 
 
 /* ---------- the hooks' side: any thread, no allocation, no lock ---------- */
 
-static int mh_overlaps(uintptr_t s, uintptr_t e)
+MH_NOSAN static int mh_overlaps(uintptr_t s, uintptr_t e)
 {
     if (atomic_load_explicit(&mh.nlive, memory_order_acquire) == 0)
         return 0;
@@ -126,7 +130,7 @@ static int mh_overlaps(uintptr_t s, uintptr_t e)
 }
 
 /* Called before the memory goes: a reader never trusts it after seeing the note. */
-static void mh_released(const void *addr, size_t len)
+MH_NOSAN static void mh_released(const void *addr, size_t len)
 {
     uintptr_t s = (uintptr_t)addr, e = s + len;
     if (len == 0 || e < s || !mh_overlaps(s, e))
@@ -140,12 +144,17 @@ static void mh_released(const void *addr, size_t len)
     atomic_store_explicit(&n->seq, i + 1, memory_order_release);
 }
 
-/* The next definitions (libc's, or a sanitizer's), found once. */
-static void *next_fn(const char *name, void *_Atomic *slot)
+static _Thread_local volatile int resolving; /* dlsym may free (or unmap) itself */
+
+/* The next definition (libc's, or a sanitizer's), found once. NULL while this
+ * thread is inside that lookup: the caller then leaks or makes the syscall. */
+MH_NOSAN static void *next_fn(const char *name, void *_Atomic *slot)
 {
     void *f = atomic_load_explicit(slot, memory_order_acquire);
-    if (!f) {
+    if (!f && !resolving) {
+        resolving = 1;
         f = dlsym(RTLD_NEXT, name);
+        resolving = 0;
         atomic_store_explicit(slot, f, memory_order_release);
     }
     return f;
@@ -153,28 +162,25 @@ static void *next_fn(const char *name, void *_Atomic *slot)
 
 static void *_Atomic next_munmap, *_Atomic next_mremap, *_Atomic next_mmap, *_Atomic next_madvise,
     *_Atomic next_free, *_Atomic next_realloc;
-static _Atomic int resolving_free; /* dlsym may itself free: those few bytes leak */
 
 __attribute__((constructor)) static void mh_resolve(void)
 {
-    atomic_store(&resolving_free, 1);
     next_fn("free", &next_free);
     next_fn("realloc", &next_realloc);
-    atomic_store(&resolving_free, 0);
     next_fn("munmap", &next_munmap);
     next_fn("mremap", &next_mremap);
     next_fn("mmap", &next_mmap);
     next_fn("madvise", &next_madvise);
 }
 
-static int mh_munmap(void *addr, size_t len)
+MH_NOSAN static int mh_munmap(void *addr, size_t len)
 {
     mh_released(addr, len);
     int (*f)(void *, size_t) = (int (*)(void *, size_t))next_fn("munmap", &next_munmap);
     return f ? f(addr, len) : (int)syscall(SYS_munmap, addr, len);
 }
 
-static void *mh_mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
+MH_NOSAN static void *mh_mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 {
     void *want = NULL;
     if (flags & MREMAP_FIXED) {
@@ -192,7 +198,7 @@ static void *mh_mremap(void *old, size_t old_len, size_t new_len, int flags, ...
     return f(old, old_len, new_len, flags, want);
 }
 
-static void *mh_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+MH_NOSAN static void *mh_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
     if (flags & MAP_FIXED)
         mh_released(addr, len);
@@ -203,12 +209,12 @@ static void *mh_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t 
 }
 
 /* Advice after which the range reads back as new pages. */
-static int advice_discards(int advice)
+MH_NOSAN static int advice_discards(int advice)
 {
     return advice == MADV_DONTNEED || advice == MADV_FREE || advice == MADV_REMOVE;
 }
 
-static int mh_madvise(void *addr, size_t len, int advice)
+MH_NOSAN static int mh_madvise(void *addr, size_t len, int advice)
 {
     if (advice_discards(advice))
         mh_released(addr, len);
@@ -218,24 +224,21 @@ static int mh_madvise(void *addr, size_t len, int advice)
 
 /* The whole chunk: malloc may give its pages back (munmap of a large chunk, heap
  * trim) through calls no interposed function sees. */
-static void mh_free(void *p)
+MH_NOSAN static void mh_free(void *p)
 {
     if (p && atomic_load_explicit(&mh.nlive, memory_order_relaxed))
         mh_released(p, malloc_usable_size(p));
     void (*f)(void *) = (void (*)(void *))next_fn("free", &next_free);
-    if (!f && atomic_load(&resolving_free))
-        return;
-    if (!f)
-        f = (void (*)(void *))dlsym(RTLD_NEXT, "free");
-    f(p);
+    if (f)
+        f(p); /* else freed by dlsym while we looked free up: a few bytes leak */
 }
 
-static void *mh_realloc(void *p, size_t n)
+MH_NOSAN static void *mh_realloc(void *p, size_t n)
 {
     if (p && atomic_load_explicit(&mh.nlive, memory_order_relaxed))
         mh_released(p, malloc_usable_size(p));
     void *(*f)(void *, size_t) = (void *(*)(void *, size_t))next_fn("realloc", &next_realloc);
-    return f(p, n);
+    return f ? f(p, n) : NULL; /* only inside our own dlsym, which does not realloc */
 }
 
 /* The public names are aliases, so mh_hooks_active can tell our definition from

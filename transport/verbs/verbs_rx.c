@@ -226,6 +226,8 @@ void vb_on_recv(struct crux_verbs *vb, struct vb_peer *q, const struct ibv_wc *w
         return;
     }
     const struct vb_wire *w = (const void *)(q->slots + (size_t)s * VB_SLOT_BYTES);
+    if (w->credit > q->credit_seen)
+        q->credit_seen = w->credit;
     switch (w->type) {
     case VB_EAGER:
     case VB_RTS:

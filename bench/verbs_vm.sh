@@ -1,24 +1,51 @@
 #!/usr/bin/env bash
 # crux over verbs beside perftest on the same Soft-RoCE device, in one QEMU guest
-# (tests/vm/rxe-vm), same run: ib_write_bw (4 MiB), ib_write_lat (8 B), then
-# crux_osu_allreduce on 2 ranks with CRUX_TRANSPORT=verbs. Emulation is slow and the
-# absolute numbers mean nothing; the ratios crux/perftest are what carry to hardware.
-#   bash bench/verbs_vm.sh BUILD_DIR        (root; ~8 min on 2 loaded vCPUs)
+# (tests/vm/rxe-vm), same run, REPS rounds (default 3) of: ib_write_bw (4 MiB),
+# ib_write_lat and ib_send_lat (8 B), crux_allreduce_lat (8 B) and crux_osu_allreduce
+# (8-64 B and 4-16 MiB) on 2 ranks with CRUX_TRANSPORT=verbs; then the medians over
+# the rounds. Emulation is slow and the host shared, so the absolute numbers mean
+# nothing; the ratios crux/perftest are what carry to hardware. perftest's "typical"
+# is its median, its "avg" the mean; a mean on a loaded host is set by a few
+# scheduler stalls of milliseconds, so both are printed, statistic for statistic.
+#   bash bench/verbs_vm.sh BUILD_DIR [REPS]      (root; ~3 min per round on 2 loaded vCPUs)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-build=$(cd "${1:?usage: verbs_vm.sh BUILD_DIR}" && pwd)
+build=$(cd "${1:?usage: verbs_vm.sh BUILD_DIR [REPS]}" && pwd)
+reps=${2:-3}
 work=$(mktemp -d /tmp/crux-verbs-vm.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 cat > "$work/guest.sh" <<EOS
 #!/bin/bash
-echo "== ib_write_bw 4 MiB"
-ib_write_bw -d rxe0 -x \$RXE_VM_GID -s 4194304 -n 100 -F >/dev/null 2>&1 &
-sleep 1; ib_write_bw -d rxe0 -x \$RXE_VM_GID -s 4194304 -n 100 -F \$RXE_VM_IP 2>&1 | tail -3; wait
-echo "== ib_write_lat 8 B"
-ib_write_lat -d rxe0 -x \$RXE_VM_GID -s 8 -n 2000 -F >/dev/null 2>&1 &
-sleep 1; ib_write_lat -d rxe0 -x \$RXE_VM_GID -s 8 -n 2000 -F \$RXE_VM_IP 2>&1 | tail -3; wait
-echo "== crux_osu_allreduce, 2 ranks, CRUX_TRANSPORT=verbs"
-CRUX_TRANSPORT=verbs $build/crux-run -n 2 --bind-to none $build/crux_osu_allreduce -m 8:16M -i 200 -x 20 --busbw
+pt() { # perftest server and client on rxe0; the client's result line
+  \$1 -d rxe0 -x \$RXE_VM_GID -F \${@:2} >/dev/null 2>&1 &
+  sleep 1; \$1 -d rxe0 -x \$RXE_VM_GID -F \${@:2} \$RXE_VM_IP 2>&1 | grep -E '^ *[0-9]+ +[0-9]+ ' | tail -1
+  wait
+}
+export CRUX_TRANSPORT=verbs
+for r in \$(seq $reps); do
+  echo "write_bw \$(pt ib_write_bw -s 4194304 -n 20)"
+  echo "write_lat \$(pt ib_write_lat -s 8 -n 3000)"
+  echo "send_lat \$(pt ib_send_lat -s 8 -n 3000)"
+  echo "crux_lat \$($build/crux-run -n 2 --bind-to none $build/crux_allreduce_lat -s 8 -i 3000 | tail -1)"
+  $build/crux-run -n 2 --bind-to none $build/crux_osu_allreduce -m 8:64 -i 1000 -x 100 |
+    grep -v '^#' | sed 's/^/osu_small /'
+  $build/crux-run -n 2 --bind-to none $build/crux_osu_allreduce -m 4194304:16777216 -i 10 -x 2 \
+    --busbw | grep -v '^#' | sed 's/^/osu_large /'
+done
 EOS
 chmod +x "$work/guest.sh"
-"$here/tests/vm/rxe-vm" -c 2 -m 2G -t 1200 -C "$work" -- ./guest.sh
+"$here/tests/vm/rxe-vm" -c 2 -m 2G -t 3000 -C "$work" -- ./guest.sh | tee "$work/out"
+# Medians over the rounds (perftest columns: bytes iters min max typical avg ...;
+# ib_write_bw: bytes iters peak avg[MB/s] ...; crux_allreduce_lat: bytes iters min
+# median mean p99 max; osu --busbw: size latency algbw busbw).
+median() { sort -g | awk '{v[NR]=$1} END {if (NR) print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2); else print "n/a"}'; }
+col() { awk -v k="$1" -v c="$2" '$1==k {print $(c+1)}' "$work/out" | median; }
+colsz() { awk -v k="$1" -v s="$2" -v c="$3" '$1==k && $2==s {print $(c+1)}' "$work/out" | median; }
+echo "== medians of $reps rounds"
+echo "ib_write_bw 4 MiB avg MB/s:          $(col write_bw 4)"
+mbs() { awk '{ if ($1 == "n/a") print $1; else printf "%.1f\n", $1 * 1000 }'; }  # GB/s -> MB/s
+echo "crux busbw 4 MiB / 16 MiB MB/s:       $(colsz osu_large 4194304 4 | mbs) / $(colsz osu_large 16777216 4 | mbs)"
+echo "ib_write_lat 8 B typical / avg us:    $(col write_lat 5) / $(col write_lat 6)"
+echo "ib_send_lat 8 B typical / avg us:     $(col send_lat 5) / $(col send_lat 6)"
+echo "crux 8 B allreduce median / mean us:  $(col crux_lat 4) / $(col crux_lat 5) (min $(col crux_lat 3))"
+echo "crux_osu_allreduce 8 / 16 / 32 B us:  $(colsz osu_small 8 2) / $(colsz osu_small 16 2) / $(colsz osu_small 32 2)"

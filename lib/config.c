@@ -89,13 +89,17 @@ const struct crux_param crux_params[] = {
      "holding an IPv4 address, on InfiniBand the port GID (index 0)."},
     {"IB_TIMEOUT", CRUX_PARAM_INT, "18", OFF(ib_timeout), "1..31",
      "Verbs ACK timeout exponent: a lost packet is retransmitted after 4.096 us * 2^n (18 = 1.07 "
-     "s). With CRUX_IB_RETRY_CNT it bounds how long a dead peer takes to be noticed."},
+     "s). With CRUX_IB_RETRY_CNT it bounds how long a dead peer takes to be noticed. Every "
+     "rank must use the same value (checked when verbs connects)."},
     {"IB_RETRY_CNT", CRUX_PARAM_INT, "7", OFF(ib_retry_cnt), "0..7",
-     "Verbs transport retries before a send fails with a retry-exceeded error."},
+     "Verbs transport retries before a send fails with a retry-exceeded error. Every rank must "
+     "use the same value (checked when verbs connects)."},
     {"IB_SL", CRUX_PARAM_INT, "0", OFF(ib_sl), "0..15",
-     "InfiniBand service level of the queue pairs (on RoCE: the VLAN priority)."},
+     "InfiniBand service level of the queue pairs (on RoCE: the VLAN priority). Every rank must "
+     "use the same value (checked when verbs connects)."},
     {"IB_TC", CRUX_PARAM_INT, "0", OFF(ib_tc), "0..255",
-     "Traffic class of the queue pairs' GRH (on RoCE: the IP DSCP/ECN byte)."},
+     "Traffic class of the queue pairs' GRH (on RoCE: the IP DSCP/ECN byte). Every rank must "
+     "use the same value (checked when verbs connects)."},
     {"IB_MR_CACHE_BYTES", CRUX_PARAM_SIZE, "1G", OFF(ib_mr_cache_bytes), NULL,
      "Bytes of user buffers verbs keeps registered (pinned) for zero-copy transfers; the least "
      "recently used registrations are dropped beyond it. 0 registers per message. Pinned "

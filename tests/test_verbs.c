@@ -20,7 +20,10 @@
 #include "harness.h"
 
 #ifdef CRUX_HAVE_VERBS
+#include <sys/mman.h>
+
 #include "transport/verbs/verbs.h"
+#include "transport/verbs/verbs_memhook.h"
 
 /* ---------- CRUX_IB_HCA: which device port ---------- */
 
@@ -70,6 +73,49 @@ Test(verbs_hca, auto_offers_active_ports_only)
     static const struct vb_port_desc none[] = {{"mlx5_0", 1, 0}};
     cr_assert_eq(vb_hca_pick("auto", some, 2), 1);
     cr_assert_eq(vb_hca_pick("auto", none, 1), -1);
+}
+
+/* ---------- CRUX_IB_* knobs both ends of a QP must share ---------- */
+
+Test(verbs_agree, retry_budget_and_lane_must_match)
+{
+    struct crux_config a = {.ib_timeout = 18, .ib_retry_cnt = 7, .ib_sl = 0, .ib_tc = 0}, b = a;
+    struct vb_agreed x, y;
+    int va = -1, vb = -1;
+    vb_agreed_of(&a, &x);
+    vb_agreed_of(&b, &y);
+    cr_assert_null(vb_agreed_diff(&x, &y, &va, &vb));
+    b.ib_timeout = 14;
+    vb_agreed_of(&b, &y);
+    cr_assert_str_eq(vb_agreed_diff(&x, &y, &va, &vb), "CRUX_IB_TIMEOUT");
+    cr_assert_eq(va, 18);
+    cr_assert_eq(vb, 14);
+    b = a, b.ib_retry_cnt = 3;
+    vb_agreed_of(&b, &y);
+    cr_assert_str_eq(vb_agreed_diff(&x, &y, &va, &vb), "CRUX_IB_RETRY_CNT");
+    b = a, b.ib_sl = 5;
+    vb_agreed_of(&b, &y);
+    cr_assert_str_eq(vb_agreed_diff(&x, &y, &va, &vb), "CRUX_IB_SL");
+    b = a, b.ib_tc = 106;
+    vb_agreed_of(&b, &y);
+    cr_assert_str_eq(vb_agreed_diff(&x, &y, &va, &vb), "CRUX_IB_TC");
+    cr_assert_eq(vb, 106);
+}
+
+/* Device, GID and cache budget are per host: they may differ. */
+Test(verbs_agree, local_knobs_may_differ)
+{
+    struct crux_config a = {.ib_timeout = 18, .ib_retry_cnt = 7, .ib_gid_index = 1,
+                            .ib_mr_cache_bytes = 1u << 30, .ib_hca = "mlx5_0"};
+    struct crux_config b = a;
+    b.ib_gid_index = 3;
+    b.ib_mr_cache_bytes = 0;
+    snprintf(b.ib_hca, sizeof(b.ib_hca), "=mlx5_1:1");
+    struct vb_agreed x, y;
+    int va, vb;
+    vb_agreed_of(&a, &x);
+    vb_agreed_of(&b, &y);
+    cr_assert_null(vb_agreed_diff(&x, &y, &va, &vb));
 }
 
 /* ---------- registration cache, device-free ---------- */
@@ -236,6 +282,149 @@ Test(verbs_mrc, registration_failure_propagates)
     mrc_destroy(&c);
     cr_assert_eq(d.pinned, 0);
 }
+/* ---------- released memory leaves the cache (verbs_memhook) ---------- */
+
+static void *map_pages(void *at, size_t n)
+{
+    void *p = mmap(at, n * PG, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | (at ? MAP_FIXED_NOREPLACE : 0), -1, 0);
+    cr_assert_neq(p, MAP_FAILED);
+    return p;
+}
+
+/* Acquire and release at once; returns the entry (still cached, or dropped). */
+static struct mrc_entry *touch(struct mr_cache *c, const void *p, size_t len)
+{
+    struct mrc_entry *e;
+    cr_assert_eq(mrc_acquire(c, p, len, &e), CRUX_SUCCESS);
+    mrc_release(c, e);
+    return e;
+}
+
+Test(verbs_memhook, hooks_are_the_processs) { cr_assert(mh_hooks_active()); }
+
+/* The test the cache exists to pass: unmap a registered buffer, map new pages at
+ * the same address, and the next lookup registers them instead of returning the
+ * registration of the old pages. */
+Test(verbs_memhook, munmap_then_new_pages_at_the_same_address)
+{
+    struct fake_dev d = {0};
+    struct mr_cache c;
+    mrc_init(&c, 1u << 30, PG, fake_reg, fake_dereg, &d);
+    uint8_t *m = map_pages(NULL, 4);
+    touch(&c, m, 4 * PG);
+    touch(&c, m + 100, 200);
+    cr_assert_eq(c.hits, 1, "nothing released yet: a hit");
+    cr_assert_eq(munmap(m, 4 * PG), 0);
+    uint8_t *m2 = map_pages(m, 4);
+    cr_assert_eq(m2, m, "the kernel gave the same address back");
+    touch(&c, m2, 4 * PG);
+    cr_assert_eq(c.misses, 2, "new pages: registered again");
+    cr_assert_eq(d.regs, 2);
+    cr_assert_eq(d.deregs, 1, "the old registration was dropped");
+    cr_assert_eq(c.invalidations, 1);
+    cr_assert_eq(munmap(m2, 4 * PG), 0);
+    mrc_destroy(&c);
+    cr_assert_eq(d.pinned, 0);
+}
+
+/* glibc unmaps a large chunk inside free(), through no interposable munmap: the
+ * free hook drops the registration of the whole chunk. */
+Test(verbs_memhook, free_of_a_registered_malloc_buffer)
+{
+    struct fake_dev d = {0};
+    struct mr_cache c;
+    mrc_init(&c, 1u << 30, PG, fake_reg, fake_dereg, &d);
+    size_t n = 4u << 20;
+    uint8_t *p = malloc(n);
+    cr_assert_not_null(p);
+    touch(&c, p + 4096, n - 8192);
+    free(p);
+    uint8_t *other = map_pages(NULL, 1);
+    touch(&c, other, PG);
+    cr_assert_eq(d.deregs, 1, "the freed buffer's registration went at the next lookup");
+    cr_assert_eq(c.invalidations, 1);
+    /* An unrelated free leaves the cache alone. */
+    free(malloc(64));
+    touch(&c, other, PG);
+    cr_assert_eq(c.hits, 1);
+    cr_assert_eq(c.invalidations, 1);
+    munmap(other, PG);
+    mrc_destroy(&c);
+    cr_assert_eq(d.pinned, 0);
+}
+
+Test(verbs_memhook, madvise_mremap_and_mmap_fixed)
+{
+    struct fake_dev d = {0};
+    struct mr_cache c;
+    mrc_init(&c, 1u << 30, PG, fake_reg, fake_dereg, &d);
+    uint8_t *m = map_pages(NULL, 8);
+    touch(&c, m, 2 * PG);
+    touch(&c, m + 4 * PG, 2 * PG);
+    cr_assert_eq(madvise(m, 2 * PG, MADV_WILLNEED), 0);
+    touch(&c, m, 2 * PG);
+    cr_assert_eq(c.invalidations, 0, "WILLNEED keeps the pages");
+    cr_assert_eq(madvise(m + PG, PG, MADV_DONTNEED), 0);
+    touch(&c, m, 2 * PG);
+    cr_assert_eq(c.invalidations, 1, "DONTNEED discards them");
+    cr_assert_eq(c.misses, 3);
+    /* mmap MAP_FIXED over the second buffer replaces its pages. */
+    cr_assert_eq(mmap(m + 5 * PG, PG, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0), m + 5 * PG);
+    touch(&c, m + 4 * PG, 2 * PG);
+    cr_assert_eq(c.invalidations, 2);
+    /* mremap moves the first away. */
+    uint8_t *moved = mremap(m, 2 * PG, 3 * PG, MREMAP_MAYMOVE);
+    cr_assert_neq(moved, MAP_FAILED);
+    touch(&c, m + 4 * PG, 2 * PG);
+    cr_assert_eq(c.invalidations, 3);
+    cr_assert_eq(d.regs - d.deregs, 1, "only the second buffer's new registration is left");
+    munmap(moved, 3 * PG);
+    munmap(m + 2 * PG, 6 * PG);
+    mrc_destroy(&c);
+    cr_assert_eq(d.pinned, 0);
+}
+
+/* Released while a transfer uses it: never returned again, dropped at release. */
+Test(verbs_memhook, busy_entry_goes_stale)
+{
+    struct fake_dev d = {0};
+    struct mr_cache c;
+    struct mrc_entry *busy, *e;
+    mrc_init(&c, 1u << 30, PG, fake_reg, fake_dereg, &d);
+    uint8_t *m = map_pages(NULL, 2);
+    cr_assert_eq(mrc_acquire(&c, m, 2 * PG, &busy), CRUX_SUCCESS);
+    cr_assert_eq(madvise(m, 2 * PG, MADV_DONTNEED), 0);
+    cr_assert_eq(mrc_acquire(&c, m, 2 * PG, &e), CRUX_SUCCESS);
+    cr_assert_neq(e, busy, "the stale registration is not handed out");
+    cr_assert_eq(d.deregs, 0, "in use: kept until released");
+    mrc_release(&c, busy);
+    cr_assert_eq(d.deregs, 1);
+    mrc_release(&c, e);
+    munmap(m, 2 * PG);
+    mrc_destroy(&c);
+    cr_assert_eq(d.pinned, 0);
+}
+
+/* More releases than the note ring holds between two lookups: everything idle goes. */
+Test(verbs_memhook, lost_notes_drop_everything_idle)
+{
+    struct fake_dev d = {0};
+    struct mr_cache c;
+    mrc_init(&c, 1u << 30, PG, fake_reg, fake_dereg, &d);
+    uint8_t *m = map_pages(NULL, 2), *far = map_pages(NULL, 1);
+    touch(&c, m, PG);
+    touch(&c, far, PG);
+    for (int i = 0; i < 300; i++)
+        cr_assert_eq(madvise(m, PG, MADV_DONTNEED), 0);
+    touch(&c, m + PG, PG);
+    cr_assert_eq(d.deregs, 2, "both idle registrations were dropped");
+    munmap(m, 2 * PG);
+    munmap(far, PG);
+    mrc_destroy(&c);
+    cr_assert_eq(d.pinned, 0);
+}
 #endif /* CRUX_HAVE_VERBS */
 
 /* ---------- real Soft-RoCE in QEMU ---------- */
@@ -365,14 +554,17 @@ Test(verbs_vm, one_guest_paths_3ranks_and_memlock, .timeout = 200)
  * Then two ranks disagree on the count of a rendezvous-sized allreduce: the
  * receivers refuse the RTS, and both ranks get CRUX_ERR_MISMATCH, no hang. Then
  * a sender floods a receiver that posts nothing: credits stop it at the posted
- * slots, and all 400 messages arrive in order, exact. */
+ * slots, and all 400 messages arrive in order, exact. Last, two ranks with
+ * different CRUX_IB_TIMEOUT both fail crux_init with CRUX_ERR_MISMATCH naming it. */
 Test(verbs_vm, one_guest_4ranks_mismatch_flow, .timeout = 200)
 {
     struct proc_result res;
     vm_run(1, "export CRUX_TRANSPORT=verbs CRUX_TIMEOUT=60; " CRUX_RUN_PATH " -n 4 "
            CRUX_TEST_VERBSPROG " sizes; echo sizes-exit=$?; " CRUX_RUN_PATH " -n 2 "
            CRUX_TEST_VERBSPROG " mismatch; echo mismatch-exit=$?; " CRUX_RUN_PATH " -n 2 "
-           CRUX_TEST_VERBSPROG " flow; echo flow-exit=$?", 170, &res);
+           CRUX_TEST_VERBSPROG " flow; echo flow-exit=$?; " CRUX_RUN_PATH " -n 2 bash -c "
+           "'CRUX_IB_TIMEOUT=$((14 + CRUX_RANK)) exec " CRUX_TEST_VERBSPROG " sizes'; "
+           "echo ibcfg-exit=$?", 170, &res);
     cr_assert(strstr(res.out, "sizes-exit=0"));
     cr_assert(strstr(res.out, "flow-exit=0"), "credit flow control or ordering failed");
     cr_assert_eq(count(res.out, ": OK"), 6);
@@ -385,6 +577,11 @@ Test(verbs_vm, one_guest_4ranks_mismatch_flow, .timeout = 200)
      * hang-up is a race): the log decodes both headers. */
     cr_assert(strstr(res.out, "does not match: expected allreduce algo=ring dtype=float op=sum "
                               "count=10000"), "the mismatch must be logged decoded");
+    /* Ranks whose QPs would retry differently fail init, naming the variable. */
+    cr_assert(strstr(res.out, "ibcfg-exit=") && !strstr(res.out, "ibcfg-exit=0"));
+    cr_assert_eq(count(res.out, "CRUX_IB_TIMEOUT differs between rank"), 2, "both ends name it");
+    snprintf(want, sizeof(want), "crux_init returned %s", crux_error_string(CRUX_ERR_MISMATCH));
+    cr_assert_eq(count(res.out, want), 2);
     proc_result_free(&res);
 }
 

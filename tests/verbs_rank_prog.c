@@ -1,7 +1,9 @@
 /* verbs_rank_prog.c - per-rank program of the verbs tests (run inside rxe guests).
  *
  *   crux_test_verbs_rank paths     allreduce of several sizes and dtypes with exact checks,
- *                                  then the verbs counters prove which path each took
+ *                                  then the verbs counters prove which path each took;
+ *                                  then registered buffers are released and their
+ *                                  addresses reused (exact results, cache invalidated)
  *   crux_test_verbs_rank sizes     the exact checks only, up to 64 Ki elements (jobs
  *                                  mixing shm and verbs)
  *   crux_test_verbs_rank flow      rank 0 floods rank 1 with 400 messages (eager and
@@ -17,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "crux.h"
 #include "crux_internal.h"
@@ -27,6 +30,7 @@
 #endif
 
 static int rank, nranks, failures;
+static int salt; /* changes the data between calls, so stale memory shows */
 
 #define CHECK(cond, ...)                                                                          \
     do {                                                                                          \
@@ -61,7 +65,7 @@ static struct crux_tp_stats delta(const struct crux_tp_stats *a, const struct cr
 static void fill(crux_datatype_t dt, void *buf, size_t count)
 {
     for (size_t i = 0; i < count; i++) {
-        int64_t v = (int64_t)((i % 97) * (size_t)nranks + (size_t)rank);
+        int64_t v = (int64_t)(((i + (size_t)salt) % 97) * (size_t)nranks + (size_t)rank);
         switch (dt) {
         case CRUX_FLOAT: ((float *)buf)[i] = (float)v; break;
         case CRUX_DOUBLE: ((double *)buf)[i] = (double)v; break;
@@ -77,7 +81,7 @@ static int check(crux_datatype_t dt, const void *buf, size_t count)
     for (size_t i = 0; i < count; i++) {
         int64_t want = 0;
         for (int r = 0; r < nranks; r++)
-            want += (int64_t)((i % 97) * (size_t)nranks + (size_t)r);
+            want += (int64_t)(((i + (size_t)salt) % 97) * (size_t)nranks + (size_t)r);
         int64_t got;
         switch (dt) {
         case CRUX_FLOAT: got = (int64_t)((const float *)buf)[i]; break;
@@ -185,6 +189,72 @@ static void paths_small(void)
     struct crux_tp_stats d = delta(&s0, &s1);
     CHECK(d.tx_rdv_bytes == 0 && d.rx_eager_bytes > 0, "small allreduce: rendezvous %llu eager %llu",
           (unsigned long long)d.tx_rdv_bytes, (unsigned long long)d.rx_eager_bytes);
+}
+
+/* A 4 MiB allreduce (rendezvous: both buffers registered and cached) of fresh data. */
+static int remap_round(float *in, float *out, size_t count, const char *what)
+{
+    salt++;
+    fill(CRUX_FLOAT, in, count);
+    memset(out, 0xff, count * sizeof(float));
+    CHECK(crux_allreduce(in, out, count, CRUX_FLOAT, CRUX_SUM, CRUX_COMM_WORLD) == CRUX_SUCCESS,
+          "allreduce (%s)", what);
+    return check(CRUX_FLOAT, out, count);
+}
+
+static float *map_at(void *at, size_t bytes)
+{
+    void *p = mmap(at, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | (at ? MAP_FIXED_NOREPLACE : 0), -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+/* Registered buffers released and their addresses reused for new pages: the
+ * cached registrations must not be used (the HCA would read and write the old
+ * pages), so every result must be exact. munmap + mmap at the same address;
+ * madvise(DONTNEED); and malloc/free of a chunk glibc unmaps inside free(). */
+static void paths_released_memory(void)
+{
+    size_t count = (4u << 20) / 4 + 5, bytes = count * 4;
+    struct crux_tp_stats s0, s1;
+    verbs_stats(&s0);
+    float *in = map_at(NULL, bytes), *out = map_at(NULL, bytes);
+    CHECK(in && out, "mmap");
+    if (!in || !out)
+        return;
+    remap_round(in, out, count, "mmap'ed buffers");
+    munmap(in, bytes);
+    munmap(out, bytes);
+    float *in2 = map_at(in, bytes), *out2 = map_at(out, bytes);
+    CHECK(in2 == in && out2 == out, "new mappings at the old addresses: %p %p", (void *)in2,
+          (void *)out2);
+    if (in2 != in || out2 != out)
+        return;
+    remap_round(in, out, count, "after munmap + mmap at the same addresses");
+    madvise(in, bytes, MADV_DONTNEED);
+    madvise(out, bytes, MADV_DONTNEED);
+    remap_round(in, out, count, "after madvise(DONTNEED)");
+    munmap(in, bytes);
+    munmap(out, bytes);
+    /* Above glibc's largest dynamic mmap threshold (32 MiB): free() unmaps it. */
+    size_t big = (40u << 20) / 4;
+    float *a = malloc(big * 4), *b = malloc(big * 4);
+    remap_round(a, b, big, "malloc'ed 40 MiB");
+    free(a);
+    free(b);
+    float *a2 = malloc(big * 4), *b2 = malloc(big * 4);
+    CHECK(a2 == a || a2 == b || b2 == a || b2 == b, "malloc did not reuse a freed address: "
+          "the free hook is not exercised");
+    remap_round(a2, b2, big, "malloc'ed 40 MiB after free");
+    free(a2);
+    free(b2);
+    verbs_stats(&s1);
+    struct crux_tp_stats d = delta(&s0, &s1);
+    printf("rank %d: released memory: %llu cached registrations invalidated, %llu misses, "
+           "%llu hits\n", rank, (unsigned long long)d.mr_invalidations,
+           (unsigned long long)d.mr_misses, (unsigned long long)d.mr_hits);
+    CHECK(d.mr_invalidations >= 3, "only %llu registrations invalidated",
+          (unsigned long long)d.mr_invalidations);
 }
 
 static void sizes_and_dtypes(int quick)
@@ -319,8 +389,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s paths|sizes|mismatch|flow\n", argv[0]);
         return 2;
     }
-    if (crux_init(&argc, &argv) != CRUX_SUCCESS)
+    int irc = crux_init(&argc, &argv);
+    if (irc != CRUX_SUCCESS) {
+        printf("crux_init returned %s\n", crux_error_string(irc));
         return 2;
+    }
     crux_comm_rank(CRUX_COMM_WORLD, &rank);
     crux_comm_size(CRUX_COMM_WORLD, &nranks);
     if (!strcmp(argv[1], "mismatch"))
@@ -332,6 +405,7 @@ int main(int argc, char **argv)
         paths_readonly_send();
         paths_small();
         paths_large();
+        paths_released_memory();
     }
     int rc = crux_finalize();
     CHECK(rc == CRUX_SUCCESS, "finalize: %s", crux_error_string(rc));

@@ -70,6 +70,7 @@ struct crux_tp_stats {
     uint64_t tx_eager_msgs, tx_eager_bytes, tx_rdv_msgs, tx_rdv_bytes;
     uint64_t rx_eager_msgs, rx_eager_bytes, rx_rdv_msgs, rx_rdv_bytes, rx_staged_bytes;
     uint64_t mr_hits, mr_misses, mr_evictions;
+    uint64_t mr_invalidations; /* cached registrations dropped because their memory was released */
 };
 
 struct crux_tp_ops {

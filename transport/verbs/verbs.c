@@ -1,5 +1,6 @@
-/* verbs.c - the verbs transport's vtable: posting, completions, the eager and
- * rendezvous protocols (see verbs.h), sleeping, errors and teardown. */
+/* verbs.c - the verbs transport's vtable: posting and credits, completions,
+ * sleeping, errors and teardown. The protocols (verbs.h) live in verbs_tx.c (send
+ * side) and verbs_rx.c (receive side). */
 #include "verbs.h"
 
 #include <endian.h>
@@ -10,22 +11,8 @@
 #include <string.h>
 
 #include "numa.h"
-#include "reduce.h"
 
 static inline struct crux_verbs *vb_of(struct crux_tp *base) { return (struct crux_verbs *)base; }
-
-static inline uint64_t wr_id(int idx, enum vb_wr_kind k, unsigned slot)
-{
-    return (uint64_t)idx << 32 | (uint64_t)k << 16 | slot;
-}
-
-static inline size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
-
-static void xfer_finish(struct crux_xfer *x, int rc)
-{
-    x->rc = rc;
-    x->done = 1;
-}
 
 /* ---------- failure ---------- */
 
@@ -62,7 +49,7 @@ static void peer_fail_transfers(struct crux_verbs *vb, struct vb_peer *q, int rc
 }
 
 /* The peer is gone or broken: its QP goes to error (flushing what is posted). */
-static void peer_fail(struct crux_verbs *vb, struct vb_peer *q, int rc)
+void vb_peer_fail(struct crux_verbs *vb, struct vb_peer *q, int rc)
 {
     if (q->failed)
         return;
@@ -73,7 +60,7 @@ static void peer_fail(struct crux_verbs *vb, struct vb_peer *q, int rc)
 /* The ranks called different collectives: nothing more with this peer can match.
  * Hang up, but only after a second, so what is posted (a REFUSE, our own RTS)
  * still reaches it; then its pending transfers fail too instead of waiting. */
-static void peer_hangup(struct crux_verbs *vb, struct vb_peer *q, int rc)
+void vb_peer_hangup(struct crux_verbs *vb, struct vb_peer *q, int rc)
 {
     if (q->failed)
         return;
@@ -101,17 +88,17 @@ static void wc_failed(struct crux_verbs *vb, struct vb_peer *q, const struct ibv
                q->host, g, ibv_wc_status_str(wc->status), (int)wc->status, wc->vendor_err,
                wr_what((unsigned)(wc->wr_id >> 16) & 0xffff), wc->qp_num, vb->dev_name,
                vb->port);
-    peer_fail(vb, q, CRUX_ERR_PEER);
+    vb_peer_fail(vb, q, CRUX_ERR_PEER);
 }
 
-static int post_send_wr(struct crux_verbs *vb, struct vb_peer *q, struct ibv_send_wr *wr)
+int vb_post_send_wr(struct crux_verbs *vb, struct vb_peer *q, struct ibv_send_wr *wr)
 {
     struct ibv_send_wr *bad;
     int err = ibv_post_send(q->qp, wr, &bad);
     if (err) {
         crux_error(CRUX_SUBSYS_NET, "verbs: ibv_post_send to rank %d (%s): %s", q->rank, q->host,
                    strerror(err));
-        peer_fail(vb, q, CRUX_ERR_TRANSPORT);
+        vb_peer_fail(vb, q, CRUX_ERR_TRANSPORT);
         return -1;
     }
     q->sq_inflight++;
@@ -119,34 +106,29 @@ static int post_send_wr(struct crux_verbs *vb, struct vb_peer *q, struct ibv_sen
 }
 
 /* ---------- credits and control messages ---------- */
-
-static inline int has_credit(const struct vb_peer *q)
-{
-    return q->credits_used < VB_NRECV + *q->credit_in;
-}
-
-static inline int can_send_msg(const struct vb_peer *q)
-{
-    return q->nsfree > 0 && q->sq_inflight < VB_SQ_DEPTH && has_credit(q);
-}
-
 /* SEND a slot (header + len payload bytes already written). */
-static int send_slot(struct crux_verbs *vb, struct vb_peer *q, uint16_t s, size_t len)
+int vb_send_slot(struct crux_verbs *vb, struct vb_peer *q, uint16_t s, size_t len)
 {
     int idx = (int)(q - vb->peers);
-    struct ibv_sge sge = {.addr = (uintptr_t)(q->sslots + (size_t)s * VB_SLOT_BYTES),
-                          .length = (uint32_t)(VB_HEAD_BYTES + len), .lkey = vb->mr->lkey};
+    struct vb_wire *w = (struct vb_wire *)(void *)(q->sslots + (size_t)s * VB_SLOT_BYTES);
+    uint32_t bytes = (uint32_t)(VB_HEAD_BYTES + len);
+    w->credit = q->reposts;
+    struct ibv_sge sge = {.addr = (uintptr_t)w, .length = bytes, .lkey = vb->mr->lkey};
     struct ibv_send_wr wr = {.wr_id = wr_id(idx, WR_SEND, s), .sg_list = &sge, .num_sge = 1,
                              .opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED};
-    if (post_send_wr(vb, q, &wr) != 0) {
+    /* Small: the HCA takes the bytes with the WQE instead of fetching them. */
+    if (bytes <= vb->max_inline)
+        wr.send_flags |= IBV_SEND_INLINE;
+    if (vb_post_send_wr(vb, q, &wr) != 0) {
         q->sfree[q->nsfree++] = s;
         return -1;
     }
     q->credits_used++;
+    q->credit_sent = w->credit;
     return 0;
 }
 
-static struct vb_wire *take_sslot(struct vb_peer *q, uint16_t *s)
+struct vb_wire *vb_take_sslot(struct vb_peer *q, uint16_t *s)
 {
     *s = q->sfree[--q->nsfree];
     struct vb_wire *w = (struct vb_wire *)(void *)(q->sslots + (size_t)*s * VB_SLOT_BYTES);
@@ -154,11 +136,13 @@ static struct vb_wire *take_sslot(struct vb_peer *q, uint16_t *s)
     return w;
 }
 
-/* Hand back re-posted receive WQEs (also the liveness probe: a dead peer makes it fail). */
-static void credit_push(struct crux_verbs *vb, struct vb_peer *q)
+/* Hand back re-posted receive WQEs that no SEND header carried (also the liveness
+ * probe: a dead peer makes it fail). Lazily: the peer still holds at least
+ * VB_NRECV - VB_CREDIT_LAZY credits, and our next SEND to it may carry them. */
+void vb_credit_push(struct crux_verbs *vb, struct vb_peer *q)
 {
     if (q->failed || q->credit_inflight || q->sq_inflight >= VB_SQ_DEPTH ||
-        (q->reposts == q->credit_sent && !q->probe_wanted))
+        (q->reposts - q->credit_sent < VB_CREDIT_LAZY && !q->probe_wanted))
         return;
     *q->credit_src = q->reposts;
     struct ibv_sge sge = {.addr = (uintptr_t)q->credit_src, .length = 8, .lkey = vb->mr->lkey};
@@ -167,422 +151,11 @@ static void credit_push(struct crux_verbs *vb, struct vb_peer *q)
                              .send_flags = IBV_SEND_SIGNALED,
                              .wr.rdma = {.remote_addr = q->remote_credit_addr,
                                          .rkey = q->remote_rkey}};
-    if (post_send_wr(vb, q, &wr) == 0) {
+    if (vb_post_send_wr(vb, q, &wr) == 0) {
         q->credit_inflight = 1;
         q->credit_sent = q->reposts;
         q->probe_wanted = 0;
     }
-}
-
-static void repost_recvs(struct crux_verbs *vb, struct vb_peer *q)
-{
-    int idx = (int)(q - vb->peers);
-    while (!q->failed && q->rposted < VB_NRECV && q->nrfree > 0) {
-        uint16_t s = q->rfree[q->nrfree - 1];
-        struct ibv_sge sge = {.addr = (uintptr_t)(q->slots + (size_t)s * VB_SLOT_BYTES),
-                              .length = VB_SLOT_BYTES, .lkey = vb->mr->lkey};
-        struct ibv_recv_wr wr = {.wr_id = wr_id(idx, WR_RECV, s), .sg_list = &sge, .num_sge = 1},
-                           *bad;
-        int err = ibv_post_recv(q->qp, &wr, &bad);
-        if (err) {
-            crux_error(CRUX_SUBSYS_NET, "verbs: ibv_post_recv for rank %d (%s): %s", q->rank,
-                       q->host, strerror(err));
-            peer_fail(vb, q, CRUX_ERR_TRANSPORT);
-            return;
-        }
-        q->nrfree--;
-        q->rposted++;
-        q->reposts++;
-    }
-    credit_push(vb, q);
-}
-
-static inline void slot_free(struct vb_peer *q, uint16_t s) { q->rfree[q->nrfree++] = s; }
-
-/* ---------- send side ---------- */
-
-static void tx_pop(struct crux_verbs *vb, struct vb_peer *q, int rc)
-{
-    struct crux_xfer *x = q->sq_head;
-    q->sq_head = x->next;
-    if (!q->sq_head)
-        q->sq_tail = NULL;
-    mrc_release(&vb->mrc, q->tx_mr);
-    q->tx_mr = NULL;
-    q->tx_rts_sent = 0;
-    q->tx_posted = 0;
-    q->g_head = q->g_count = 0;
-    xfer_finish(x, rc);
-}
-
-/* Bytes of a send its dependency lets out: whole 64-byte units, or everything. */
-static size_t tx_ready(const struct crux_xfer *x)
-{
-    if (!x->dep)
-        return x->len;
-    size_t d = x->dep->bytes_done;
-    return d >= x->len ? x->len : d & ~(size_t)63;
-}
-
-static int tx_eager(struct crux_verbs *vb, struct vb_peer *q, struct crux_xfer *x)
-{
-    if (tx_ready(x) < x->len || !can_send_msg(q))
-        return 0;
-    uint16_t s;
-    struct vb_wire *w = take_sslot(q, &s);
-    w->type = VB_EAGER;
-    w->hdr = x->hdr;
-    if (x->len)
-        memcpy((uint8_t *)w + VB_HEAD_BYTES, x->buf, x->len);
-    if (send_slot(vb, q, s, x->len) != 0)
-        return 0;
-    vb->tx_eager_msgs++;
-    vb->tx_eager_bytes += x->len;
-    x->bytes_done = x->len;
-    tx_pop(vb, q, CRUX_SUCCESS); /* the payload is in our slot: the buffer is free */
-    return 1;
-}
-
-static int tx_rts(struct crux_verbs *vb, struct vb_peer *q, struct crux_xfer *x)
-{
-    if (!can_send_msg(q))
-        return 0;
-    if (!q->tx_mr) {
-        int rc = mrc_acquire(&vb->mrc, x->buf, x->len, &q->tx_mr);
-        if (rc != CRUX_SUCCESS) {
-            /* The peer would wait for this message forever: hang up on it. */
-            tx_pop(vb, q, rc);
-            peer_hangup(vb, q, rc);
-            return 1;
-        }
-    }
-    uint16_t s;
-    struct vb_wire *w = take_sslot(q, &s);
-    w->type = VB_RTS;
-    w->id = ++q->next_id;
-    w->hdr = x->hdr;
-    if (send_slot(vb, q, s, 0) != 0)
-        return 0;
-    q->tx_rts_sent = 1;
-    return 1;
-}
-
-/* Write granted, ready bytes; returns 1 if anything was posted. */
-static int tx_writes(struct crux_verbs *vb, struct vb_peer *q, struct crux_xfer *x)
-{
-    int idx = (int)(q - vb->peers), any = 0;
-    size_t ready = tx_ready(x);
-    while (q->g_count > 0 && q->tx_writes < VB_MAX_WRITES && q->sq_inflight < VB_SQ_DEPTH &&
-           has_credit(q)) {
-        struct vb_grant *g = &q->grants[q->g_head];
-        size_t end = min_sz(g->off + g->len, ready);
-        if (q->tx_posted >= end)
-            break;
-        size_t n = min_sz(end - q->tx_posted, vb->frag);
-        struct ibv_sge sge = {.addr = (uintptr_t)x->buf + q->tx_posted, .length = (uint32_t)n,
-                              .lkey = ((struct ibv_mr *)q->tx_mr->mr)->lkey};
-        struct ibv_send_wr wr = {.wr_id = wr_id(idx, WR_WRITE, 0), .sg_list = &sge, .num_sge = 1,
-                                 .opcode = IBV_WR_RDMA_WRITE_WITH_IMM,
-                                 .send_flags = IBV_SEND_SIGNALED, .imm_data = htobe32(g->id),
-                                 .wr.rdma = {.remote_addr = g->addr + (q->tx_posted - g->off),
-                                             .rkey = g->rkey}};
-        if (post_send_wr(vb, q, &wr) != 0)
-            return 1;
-        q->credits_used++;
-        q->tx_writes++;
-        q->tx_posted += n;
-        x->bytes_done = q->tx_posted;
-        vb->tx_rdv_bytes += n;
-        any = 1;
-        if (q->tx_posted == g->off + g->len) {
-            q->g_head = (q->g_head + 1) % VB_NGRANTS;
-            q->g_count--;
-        }
-    }
-    return any;
-}
-
-/* Move the peer's send queue as far as resources allow. */
-static void tx_progress(struct crux_verbs *vb, struct vb_peer *q)
-{
-    while (!q->failed && q->sq_head) {
-        struct crux_xfer *x = q->sq_head;
-        if (x->len <= VB_EAGER_MAX) {
-            if (!tx_eager(vb, q, x))
-                return;
-            continue;
-        }
-        if (!q->tx_rts_sent) {
-            if (!tx_rts(vb, q, x))
-                return;
-            continue;
-        }
-        tx_writes(vb, q, x);
-        if (q->tx_posted == x->len && q->tx_writes == 0) {
-            vb->tx_rdv_msgs++;
-            tx_pop(vb, q, CRUX_SUCCESS);
-            continue;
-        }
-        return;
-    }
-}
-
-static void on_grant(struct crux_verbs *vb, struct vb_peer *q, const struct vb_wire *w)
-{
-    struct crux_xfer *x = q->sq_head;
-    if (!x || !q->tx_rts_sent || w->id != q->next_id || q->g_count == VB_NGRANTS ||
-        w->off + w->len > x->len) {
-        crux_error(CRUX_SUBSYS_NET, "verbs: unexpected grant %u [%" PRIu64 ", +%" PRIu64 ") from "
-                   "rank %d (%s): protocol error", w->id, w->off, w->len, q->rank, q->host);
-        peer_fail(vb, q, CRUX_ERR_INTERNAL);
-        return;
-    }
-    q->grants[(q->g_head + q->g_count) % VB_NGRANTS] =
-        (struct vb_grant){.off = w->off, .len = w->len, .addr = w->addr, .rkey = w->rkey,
-                          .id = w->id};
-    q->g_count++;
-}
-
-static void on_refuse(struct crux_verbs *vb, struct vb_peer *q, const struct vb_wire *w)
-{
-    struct crux_xfer *x = q->sq_head;
-    if (!x || !q->tx_rts_sent || w->id != q->next_id) {
-        crux_error(CRUX_SUBSYS_NET, "verbs: unexpected refusal from rank %d (%s)", q->rank, q->host);
-        peer_fail(vb, q, CRUX_ERR_INTERNAL);
-        return;
-    }
-    if (w->off == VB_REFUSE_NOREG) {
-        crux_error(CRUX_SUBSYS_NET, "verbs: rank %d (%s) could not register its %" PRIu64
-                   "-byte receive buffer for our message (see its log)", q->rank, q->host,
-                   x->hdr.len);
-        tx_pop(vb, q, CRUX_ERR_PEER);
-        peer_hangup(vb, q, CRUX_ERR_PEER);
-        return;
-    }
-    char want[128], got[128];
-    crux_coll_sig_describe(w->hdr.sig, want, sizeof(want));
-    crux_coll_sig_describe(x->hdr.sig, got, sizeof(got));
-    crux_error(CRUX_SUBSYS_NET, "verbs: rank %d (%s) refused our message: it expects %s (tag %u "
-               "seq %" PRIu64 " len %" PRIu64 "), we sent %s (tag %u seq %" PRIu64 " len %" PRIu64
-               ")", q->rank, q->host, want, w->hdr.tag, w->hdr.seq, w->hdr.len, got, x->hdr.tag,
-               x->hdr.seq, x->hdr.len);
-    tx_pop(vb, q, CRUX_ERR_MISMATCH);
-    peer_hangup(vb, q, CRUX_ERR_MISMATCH);
-}
-
-/* ---------- receive side ---------- */
-
-static void rx_pop(struct vb_peer *q, int rc)
-{
-    struct crux_xfer *x = q->rq_head;
-    q->rq_head = x->next;
-    if (!q->rq_head)
-        q->rq_tail = NULL;
-    xfer_finish(x, rc);
-}
-
-static int hdr_equal(const struct crux_msg_hdr *a, const struct crux_msg_hdr *b)
-{
-    return a->ctx_id == b->ctx_id && a->tag == b->tag && a->seq == b->seq && a->sig == b->sig &&
-           a->len == b->len;
-}
-
-static void log_mismatch(const struct vb_peer *q, const struct crux_msg_hdr *want,
-                         const struct crux_msg_hdr *got)
-{
-    char w[128], g[128];
-    crux_coll_sig_describe(want->sig, w, sizeof(w));
-    crux_coll_sig_describe(got->sig, g, sizeof(g));
-    crux_error(CRUX_SUBSYS_NET, "verbs: message from rank %d (%s) does not match: expected %s "
-               "(comm %u tag %u seq %" PRIu64 " len %" PRIu64 "), got %s (comm %u tag %u seq %"
-               PRIu64 " len %" PRIu64 ")", q->rank, q->host, w, want->ctx_id, want->tag,
-               want->seq, want->len, g, got->ctx_id, got->tag, got->seq, got->len);
-}
-
-/* Copy or reduce incoming bytes into the receive at offset off. */
-static void land(struct crux_xfer *x, size_t off, const void *src, size_t n)
-{
-    if (n == 0)
-        return;
-    if (x->reduce_src) {
-        size_t es = crux_datatype_size(x->dtype);
-        crux_reduce((char *)x->buf + off, (const char *)x->reduce_src + off, src, n / es,
-                    x->dtype, x->op);
-    } else {
-        memcpy((char *)x->buf + off, src, n);
-    }
-}
-
-/* Address (in the scratch) of message offset off for a receive-with-reduce. */
-static inline uint8_t *scratch_at(struct crux_verbs *vb, struct vb_peer *q, uint64_t off)
-{
-    return q->scratch + ((off / vb->window) % 2) * vb->window + off % vb->window;
-}
-
-static void rx_send_grants(struct crux_verbs *vb, struct vb_peer *q)
-{
-    while (q->rx_grants_due > 0 && !q->failed && can_send_msg(q)) {
-        struct crux_xfer *x = q->rx_rdv;
-        uint16_t s;
-        struct vb_wire *w = take_sslot(q, &s);
-        w->type = VB_CTS;
-        w->id = q->rx_id;
-        w->off = q->rx_granted;
-        if (x->reduce_src) {
-            w->len = min_sz(vb->window, x->len - q->rx_granted);
-            w->addr = (uintptr_t)scratch_at(vb, q, w->off);
-            w->rkey = vb->mr->rkey;
-        } else {
-            w->len = x->len;
-            w->addr = (uintptr_t)x->buf;
-            w->rkey = ((struct ibv_mr *)q->rx_mr->mr)->rkey;
-        }
-        if (send_slot(vb, q, s, 0) != 0)
-            return;
-        q->rx_granted += w->len;
-        q->rx_grants_due--;
-    }
-}
-
-static void rx_send_refuse(struct crux_verbs *vb, struct vb_peer *q)
-{
-    if (!q->refuse_due || q->failed || !can_send_msg(q))
-        return;
-    uint16_t s;
-    struct vb_wire *w = take_sslot(q, &s);
-    w->type = VB_REFUSE;
-    w->id = q->refuse_id;
-    w->hdr = q->refuse_hdr;
-    w->off = (uint64_t)q->refuse_why;
-    if (send_slot(vb, q, s, 0) == 0) {
-        q->refuse_due = 0;
-        q->refuse_why = VB_REFUSE_MISMATCH;
-    }
-}
-
-static void rx_start_rdv(struct crux_verbs *vb, struct vb_peer *q, struct crux_xfer *x,
-                         uint32_t id)
-{
-    if (!x->reduce_src) {
-        int rc = mrc_acquire(&vb->mrc, x->buf, x->len, &q->rx_mr);
-        if (rc != CRUX_SUCCESS) {
-            /* Tell the sender (it would wait for a grant), then give up on the peer. */
-            q->refuse_due = 1;
-            q->refuse_id = id;
-            q->refuse_hdr = x->hdr;
-            q->refuse_why = VB_REFUSE_NOREG;
-            rx_send_refuse(vb, q);
-            rx_pop(q, rc);
-            peer_hangup(vb, q, rc);
-            return;
-        }
-    }
-    q->rx_rdv = x;
-    q->rx_id = id;
-    q->rx_granted = 0;
-    size_t nwin = x->reduce_src ? (x->len + vb->window - 1) / vb->window : 1;
-    q->rx_grants_due = nwin < 2 ? (int)nwin : 2;
-    rx_send_grants(vb, q);
-}
-
-/* Pair held messages with posted receives, in order. */
-static void rx_match(struct crux_verbs *vb, struct vb_peer *q)
-{
-    while (!q->failed && q->rq_head && q->h_count > 0 && !q->rx_rdv && !q->refuse_due) {
-        uint16_t s = q->held[q->h_head];
-        const struct vb_wire *w = (const void *)(q->slots + (size_t)s * VB_SLOT_BYTES);
-        struct crux_xfer *x = q->rq_head;
-        q->h_head = (q->h_head + 1) % VB_NSLOTS;
-        q->h_count--;
-        if (!hdr_equal(&w->hdr, &x->hdr)) {
-            log_mismatch(q, &x->hdr, &w->hdr);
-            if (w->type == VB_RTS) {
-                q->refuse_due = 1;
-                q->refuse_id = w->id;
-                q->refuse_hdr = x->hdr;
-            }
-            slot_free(q, s);
-            rx_pop(q, CRUX_ERR_MISMATCH);
-            rx_send_refuse(vb, q);
-            peer_hangup(vb, q, CRUX_ERR_MISMATCH);
-            return;
-        }
-        if (w->type == VB_EAGER) {
-            land(x, 0, (const uint8_t *)w + VB_HEAD_BYTES, x->len);
-            vb->rx_eager_msgs++;
-            vb->rx_eager_bytes += x->len;
-            slot_free(q, s);
-            x->bytes_done = x->len;
-            rx_pop(q, CRUX_SUCCESS);
-        } else {
-            uint32_t id = w->id;
-            slot_free(q, s);
-            rx_start_rdv(vb, q, x, id);
-        }
-    }
-    repost_recvs(vb, q);
-}
-
-static void rx_data(struct crux_verbs *vb, struct vb_peer *q, uint32_t id, size_t n)
-{
-    struct crux_xfer *x = q->rx_rdv;
-    if (!x || id != q->rx_id || x->bytes_done + n > q->rx_granted) {
-        crux_error(CRUX_SUBSYS_NET, "verbs: unexpected %zu-byte write (transfer %u) from rank %d "
-                   "(%s): protocol error", n, id, q->rank, q->host);
-        peer_fail(vb, q, CRUX_ERR_INTERNAL);
-        return;
-    }
-    size_t off = x->bytes_done;
-    if (x->reduce_src) {
-        land(x, off, scratch_at(vb, q, off), n);
-        vb->rx_staged_bytes += n;
-        size_t end = off + n;
-        /* A window fully reduced frees its half of the scratch for the next grant. */
-        if ((end % vb->window == 0 || end == x->len) && q->rx_granted < x->len)
-            q->rx_grants_due++;
-    } else {
-        vb->rx_rdv_bytes += n;
-    }
-    x->bytes_done = off + n;
-    if (x->bytes_done == x->len) {
-        vb->rx_rdv_msgs++;
-        mrc_release(&vb->mrc, q->rx_mr);
-        q->rx_mr = NULL;
-        q->rx_rdv = NULL;
-        rx_pop(q, CRUX_SUCCESS);
-    } else {
-        rx_send_grants(vb, q);
-    }
-}
-
-static void on_recv(struct crux_verbs *vb, struct vb_peer *q, const struct ibv_wc *wc)
-{
-    uint16_t s = (uint16_t)(wc->wr_id & 0xffff);
-    q->rposted--;
-    if (wc->opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
-        slot_free(q, s);
-        rx_data(vb, q, be32toh(wc->imm_data), wc->byte_len);
-        return;
-    }
-    const struct vb_wire *w = (const void *)(q->slots + (size_t)s * VB_SLOT_BYTES);
-    switch (w->type) {
-    case VB_EAGER:
-    case VB_RTS:
-        q->held[(q->h_head + q->h_count) % VB_NSLOTS] = s;
-        q->h_count++;
-        return;
-    case VB_CTS:
-        on_grant(vb, q, w);
-        break;
-    case VB_REFUSE:
-        on_refuse(vb, q, w);
-        break;
-    default:
-        crux_error(CRUX_SUBSYS_NET, "verbs: message of unknown type %u from rank %d (%s)",
-                   w->type, q->rank, q->host);
-        peer_fail(vb, q, CRUX_ERR_INTERNAL);
-    }
-    slot_free(q, s);
 }
 
 static void on_send_done(struct crux_verbs *vb, struct vb_peer *q, const struct ibv_wc *wc)
@@ -596,12 +169,12 @@ static void on_send_done(struct crux_verbs *vb, struct vb_peer *q, const struct 
     }
 }
 
-/* Drain the CQ; returns the number of completions seen. */
-static int poll_cq(struct crux_verbs *vb)
+/* Drain one CQ; returns the number of completions seen. */
+static int poll_one_cq(struct crux_verbs *vb, struct ibv_cq *cq)
 {
     struct ibv_wc wc[16];
     int total = 0, n;
-    while ((n = ibv_poll_cq(vb->cq, 16, wc)) > 0) {
+    while ((n = ibv_poll_cq(cq, 16, wc)) > 0) {
         total += n;
         for (int i = 0; i < n; i++) {
             int idx = (int)(wc[i].wr_id >> 32);
@@ -615,7 +188,7 @@ static int poll_cq(struct crux_verbs *vb)
             if (!is_recv)
                 on_send_done(vb, q, &wc[i]); /* a failed or hung-up peer's sends still drain */
             else if (!q->failed)
-                on_recv(vb, q, &wc[i]);
+                vb_on_recv(vb, q, &wc[i]);
         }
     }
     if (n < 0) {
@@ -625,16 +198,22 @@ static int poll_cq(struct crux_verbs *vb)
     return total;
 }
 
+static int poll_cq(struct crux_verbs *vb)
+{
+    int s = poll_one_cq(vb, vb->scq), r = s < 0 ? s : poll_one_cq(vb, vb->cq);
+    return s < 0 || r < 0 ? -1 : s + r;
+}
+
 static void peer_progress(struct crux_verbs *vb, struct vb_peer *q)
 {
     if (q->failed)
         return;
-    rx_send_refuse(vb, q);
+    vb_rx_send_refuse(vb, q);
     if (q->rx_rdv)
-        rx_send_grants(vb, q);
-    rx_match(vb, q);
-    tx_progress(vb, q);
-    credit_push(vb, q);
+        vb_rx_send_grants(vb, q);
+    vb_rx_match(vb, q);
+    vb_tx_progress(vb, q);
+    vb_credit_push(vb, q);
 }
 
 /* ---------- vtable ---------- */
@@ -685,7 +264,7 @@ static int vb_isend(struct crux_tp *base, struct crux_xfer *x)
     }
     enqueue(&q->sq_head, &q->sq_tail, x);
     if (q->sq_head == x)
-        tx_progress(vb, q);
+        vb_tx_progress(vb, q);
     return CRUX_SUCCESS;
 }
 
@@ -703,7 +282,7 @@ static int vb_irecv(struct crux_tp *base, struct crux_xfer *x)
     }
     enqueue(&q->rq_head, &q->rq_tail, x);
     if (q->h_count > 0)
-        rx_match(vb, q);
+        vb_rx_match(vb, q);
     return CRUX_SUCCESS;
 }
 
@@ -745,8 +324,35 @@ static void probe_peers(struct crux_verbs *vb)
             continue;
         q->last_probe = now;
         q->probe_wanted = 1;
-        credit_push(vb, q);
+        vb_credit_push(vb, q);
     }
+}
+
+/* Does some wait depend on a send completion (a slot or WQE to recycle, rendezvous
+ * writes to finish, a credit write or probe to land)? Otherwise our own ACKed
+ * sends must not wake us: a small-message wait would pay two wake-ups. */
+static int needs_send_completion(const struct crux_verbs *vb)
+{
+    for (int i = 0; i < vb->npeers; i++) {
+        const struct vb_peer *q = &vb->peers[i];
+        if (!q->failed && (q->tx_writes > 0 || q->nsfree == 0 || q->credit_inflight ||
+                           q->sq_inflight >= VB_SQ_DEPTH))
+            return 1;
+    }
+    return 0;
+}
+
+static int arm(struct ibv_cq *cq, int *armed, const char *what)
+{
+    if (*armed)
+        return CRUX_SUCCESS;
+    int err = ibv_req_notify_cq(cq, 0);
+    if (err) {
+        crux_error(CRUX_SUBSYS_NET, "verbs: ibv_req_notify_cq (%s): %s", what, strerror(err));
+        return CRUX_ERR_TRANSPORT;
+    }
+    *armed = 1;
+    return CRUX_SUCCESS;
 }
 
 static int vb_block(struct crux_tp *base, int timeout_ms)
@@ -755,13 +361,9 @@ static int vb_block(struct crux_tp *base, int timeout_ms)
     if (vb->npeers == 0)
         return vb->failed_rc;
     probe_peers(vb);
-    if (!vb->cq_armed) {
-        if (ibv_req_notify_cq(vb->cq, 0) != 0) {
-            crux_error(CRUX_SUBSYS_NET, "verbs: ibv_req_notify_cq: %s", strerror(errno));
-            return CRUX_ERR_TRANSPORT;
-        }
-        vb->cq_armed = 1;
-    }
+    CRUX_TRY(arm(vb->cq, &vb->cq_armed, "receive CQ"));
+    if (needs_send_completion(vb))
+        CRUX_TRY(arm(vb->scq, &vb->scq_armed, "send CQ"));
     /* Completions that arrived before arming raise no event: look once more. */
     int rc = vb_progress(base);
     if (rc != CRUX_SUCCESS)
@@ -771,9 +373,9 @@ static int vb_block(struct crux_tp *base, int timeout_ms)
     if (poll(&pfd, 1, ms) > 0) {
         struct ibv_cq *cq;
         void *cq_ctx;
-        if (ibv_get_cq_event(vb->chan, &cq, &cq_ctx) == 0) {
+        while (ibv_get_cq_event(vb->chan, &cq, &cq_ctx) == 0) { /* O_NONBLOCK channel */
             ibv_ack_cq_events(cq, 1);
-            vb->cq_armed = 0;
+            *(cq == vb->scq ? &vb->scq_armed : &vb->cq_armed) = 0;
         }
     }
     return vb_progress(base);
@@ -802,17 +404,17 @@ void vb_close(struct crux_tp *base)
     struct crux_verbs *vb = vb_of(base);
     if (!vb)
         return;
-    if (vb->cq)
+    if (vb->cq && vb->scq)
         drain_sends(vb);
     crux_debug(CRUX_SUBSYS_NET,
                "verbs: closing %d peers: sent %" PRIu64 " eager messages (%" PRIu64 " bytes) and %"
                PRIu64 " rendezvous (%" PRIu64 " bytes zero-copy); received %" PRIu64 " eager (%"
                PRIu64 " bytes copied), %" PRIu64 " rendezvous (%" PRIu64 " bytes zero-copy, %" PRIu64
                " bytes staged for reduce); MR cache %" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64
-               " evictions", vb->npeers, vb->tx_eager_msgs, vb->tx_eager_bytes, vb->tx_rdv_msgs,
+               " evictions, %" PRIu64 " invalidated by released memory", vb->npeers, vb->tx_eager_msgs, vb->tx_eager_bytes, vb->tx_rdv_msgs,
                vb->tx_rdv_bytes, vb->rx_eager_msgs, vb->rx_eager_bytes, vb->rx_rdv_msgs,
                vb->rx_rdv_bytes, vb->rx_staged_bytes, vb->mrc.hits, vb->mrc.misses,
-               vb->mrc.evictions);
+               vb->mrc.evictions, vb->mrc.invalidations);
     for (int i = 0; vb->peers && i < vb->npeers; i++)
         if (vb->peers[i].qp)
             ibv_destroy_qp(vb->peers[i].qp);
@@ -824,6 +426,8 @@ void vb_close(struct crux_tp *base)
         crux_numa_free(vb->region, vb->region_bytes);
     if (vb->cq)
         ibv_destroy_cq(vb->cq);
+    if (vb->scq)
+        ibv_destroy_cq(vb->scq);
     if (vb->chan)
         ibv_destroy_comp_channel(vb->chan);
     if (vb->pd)
@@ -844,7 +448,8 @@ static int vb_stats(struct crux_tp *base, struct crux_tp_stats *st)
         .rx_eager_msgs = vb->rx_eager_msgs, .rx_eager_bytes = vb->rx_eager_bytes,
         .rx_rdv_msgs = vb->rx_rdv_msgs, .rx_rdv_bytes = vb->rx_rdv_bytes,
         .rx_staged_bytes = vb->rx_staged_bytes, .mr_hits = vb->mrc.hits,
-        .mr_misses = vb->mrc.misses, .mr_evictions = vb->mrc.evictions};
+        .mr_misses = vb->mrc.misses, .mr_evictions = vb->mrc.evictions,
+        .mr_invalidations = vb->mrc.invalidations};
     return CRUX_SUCCESS;
 }
 

@@ -13,10 +13,12 @@
  *   REFUSE the receiver's answer to an RTS whose header it does not expect (or whose
  *          buffer it cannot register); both sides then hang up on each other.
  * Every SEND and WRITE_WITH_IMM consumes one receive WQE of the peer: the sender
- * spends a credit on each, and the receiver RDMA-writes its cumulative count of
- * re-posted WQEs into the sender's credit word (no WQE consumed), so a fast
- * sender never overruns a slow receiver. One send is active per peer at a time:
- * FIFO order on the wire is FIFO order of completion.
+ * spends a credit on each, and the receiver hands back its cumulative count of
+ * re-posted WQEs, so a fast sender never overruns a slow receiver. The count rides
+ * in the header of every SEND going the other way (free: a collective's traffic
+ * runs both ways); only when VB_CREDIT_LAZY re-posts are still unreported is it
+ * RDMA-written into the sender's credit word (no WQE consumed). One send is active
+ * per peer at a time: FIFO order on the wire is FIFO order of completion.
  */
 #ifndef CRUX_VERBS_H
 #define CRUX_VERBS_H
@@ -38,6 +40,8 @@
 #define VB_MAX_WRITES 16     /* rendezvous writes in flight per peer */
 #define VB_SQ_DEPTH (VB_NSEND + VB_MAX_WRITES + 2)
 #define VB_NGRANTS 4
+#define VB_CREDIT_LAZY (VB_NRECV / 2) /* unreported re-posts that force a credit write */
+#define VB_MAX_INLINE 256    /* inline data asked of the QP: header-only and tiny SENDs */
 
 enum vb_type { VB_EAGER = 1, VB_RTS, VB_CTS, VB_REFUSE };
 enum vb_refuse_why { VB_REFUSE_MISMATCH = 0, VB_REFUSE_NOREG = 1 }; /* in vb_wire.off */
@@ -50,6 +54,7 @@ struct vb_wire {
     uint64_t off, len, addr; /* CTS: grant of message bytes [off, off+len) at addr */
     uint32_t rkey;
     uint32_t pad;
+    uint64_t credit;         /* the sender's re-post count (piggybacked credits) */
 };
 
 /* wr_id = peer index << 32 | kind << 16 | slot */
@@ -72,6 +77,7 @@ struct vb_peer {
     uint8_t *sslots;            /* [VB_NSEND] send slots */
     uint8_t *scratch;           /* 2 * tp->window: receive-with-reduce landing zone */
     volatile uint64_t *credit_in;  /* the peer writes its WQE re-posts here */
+    uint64_t credit_seen;          /* ... or tells them in its SEND headers */
     volatile uint64_t *credit_src; /* our re-posts, the source of our credit writes */
     uint64_t remote_credit_addr;   /* where our credit writes go on the peer */
     uint32_t remote_rkey;
@@ -118,8 +124,9 @@ struct crux_verbs {
     struct ibv_context *ctx;
     struct ibv_pd *pd;
     struct ibv_comp_channel *chan;
-    struct ibv_cq *cq;
-    int cq_armed;
+    struct ibv_cq *cq;          /* receive completions: every wait sleeps on these */
+    struct ibv_cq *scq;         /* send completions: armed only when a wait needs one */
+    int cq_armed, scq_armed;
     struct ibv_mr *mr;          /* the library's own region: slots, scratch, credit words */
     uint8_t *region;
     size_t region_bytes, per_peer_bytes;
@@ -130,6 +137,7 @@ struct crux_verbs {
     uint8_t gid[16];
     uint16_t lid;
     enum ibv_mtu mtu;
+    uint32_t max_inline;        /* what the QPs accepted of VB_MAX_INLINE */
     int is_eth;
     int npeers;
     struct vb_peer *peers;
@@ -158,9 +166,70 @@ void vb_gid_format(const uint8_t gid[16], char *buf, size_t len);
 struct ibv_mr *vb_reg(struct ibv_pd *pd, void *addr, size_t len, int access, const char *what);
 
 /* verbs_conn.c: everything up to connected QPs (collective). */
+/* The CRUX_IB_* knobs both ends of a QP must share: the retry budget decides how
+ * soon each side declares the other dead, SL/TC the lane both directions travel.
+ * Not here, on purpose: CRUX_IB_HCA and CRUX_IB_GID_INDEX name local hardware and
+ * may differ per host; CRUX_IB_MR_CACHE_BYTES is a local memory budget. */
+struct vb_agreed {
+    uint8_t timeout, retry_cnt, sl, tc;
+};
+void vb_agreed_of(const struct crux_config *cfg, struct vb_agreed *a);
+/* NULL if a and b agree, else the first differing variable's name and both values. */
+const char *vb_agreed_diff(const struct vb_agreed *a, const struct vb_agreed *b, int *va, int *vb);
 int vb_init(struct crux_ctx *ctx, const int *peers, int npeers, struct crux_tp **out);
 
-/* verbs.c */
+/* verbs.c: posting, credits, failures, completions and the vtable. */
 void vb_close(struct crux_tp *base);
+/* The peer is gone or broken: QP to error, every transfer with it fails with rc. */
+void vb_peer_fail(struct crux_verbs *vb, struct vb_peer *q, int rc);
+/* The ranks called different collectives: fail the peer's transfers, hang up later. */
+void vb_peer_hangup(struct crux_verbs *vb, struct vb_peer *q, int rc);
+/* ibv_post_send; on failure logs, fails the peer and returns -1. */
+int vb_post_send_wr(struct crux_verbs *vb, struct vb_peer *q, struct ibv_send_wr *wr);
+/* A free send slot, its header zeroed; the caller checked can_send_msg. */
+struct vb_wire *vb_take_sslot(struct vb_peer *q, uint16_t *s);
+/* SEND send slot s (header + len payload bytes), spending a credit. */
+int vb_send_slot(struct crux_verbs *vb, struct vb_peer *q, uint16_t s, size_t len);
+/* Hand our re-posted receive count to the peer (RDMA write), if due. */
+void vb_credit_push(struct crux_verbs *vb, struct vb_peer *q);
+
+/* verbs_tx.c: the send side (eager, RTS, rendezvous writes). */
+void vb_tx_progress(struct crux_verbs *vb, struct vb_peer *q);
+void vb_on_grant(struct crux_verbs *vb, struct vb_peer *q, const struct vb_wire *w);
+void vb_on_refuse(struct crux_verbs *vb, struct vb_peer *q, const struct vb_wire *w);
+
+/* verbs_rx.c: the receive side (matching, landing, grants, refusals, re-posting). */
+void vb_repost_recvs(struct crux_verbs *vb, struct vb_peer *q);
+void vb_rx_send_grants(struct crux_verbs *vb, struct vb_peer *q);
+void vb_rx_send_refuse(struct crux_verbs *vb, struct vb_peer *q);
+void vb_rx_match(struct crux_verbs *vb, struct vb_peer *q);
+void vb_on_recv(struct crux_verbs *vb, struct vb_peer *q, const struct ibv_wc *wc);
+
+/* Small helpers of all three. */
+static inline uint64_t wr_id(int idx, enum vb_wr_kind k, unsigned slot)
+{
+    return (uint64_t)idx << 32 | (uint64_t)k << 16 | slot;
+}
+
+static inline size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
+
+static inline void xfer_finish(struct crux_xfer *x, int rc)
+{
+    x->rc = rc;
+    x->done = 1;
+}
+
+static inline int has_credit(const struct vb_peer *q)
+{
+    uint64_t written = *q->credit_in;
+    return q->credits_used < VB_NRECV + (written > q->credit_seen ? written : q->credit_seen);
+}
+
+static inline int can_send_msg(const struct vb_peer *q)
+{
+    return q->nsfree > 0 && q->sq_inflight < VB_SQ_DEPTH && has_credit(q);
+}
+
+static inline void slot_free(struct vb_peer *q, uint16_t s) { q->rfree[q->nrfree++] = s; }
 
 #endif

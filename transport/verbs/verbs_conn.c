@@ -5,10 +5,10 @@
  * takes part, so every rank returns the same answer). */
 #include "verbs.h"
 #include "numa.h"
+#include "verbs_memhook.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -20,8 +20,32 @@ struct vb_rec_head {
     uint8_t ok;
     uint32_t rkey; /* of the region holding the credit words */
     uint32_t psn;
-    uint32_t pad;
+    struct vb_agreed agreed;
 };
+
+void vb_agreed_of(const struct crux_config *cfg, struct vb_agreed *a)
+{
+    *a = (struct vb_agreed){.timeout = (uint8_t)cfg->ib_timeout,
+                            .retry_cnt = (uint8_t)cfg->ib_retry_cnt, .sl = (uint8_t)cfg->ib_sl,
+                            .tc = (uint8_t)cfg->ib_tc};
+}
+
+const char *vb_agreed_diff(const struct vb_agreed *a, const struct vb_agreed *b, int *va, int *vb)
+{
+    const struct { const char *name; uint8_t x, y; } k[] = {
+        {"CRUX_IB_TIMEOUT", a->timeout, b->timeout},
+        {"CRUX_IB_RETRY_CNT", a->retry_cnt, b->retry_cnt},
+        {"CRUX_IB_SL", a->sl, b->sl},
+        {"CRUX_IB_TC", a->tc, b->tc},
+    };
+    for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++)
+        if (k[i].x != k[i].y) {
+            *va = k[i].x;
+            *vb = k[i].y;
+            return k[i].name;
+        }
+    return NULL;
+}
 
 struct vb_rec_peer {
     uint32_t qpn;
@@ -90,11 +114,17 @@ static int region_open(struct crux_verbs *vb)
 static int qp_create(struct crux_verbs *vb, struct vb_peer *q)
 {
     struct ibv_qp_init_attr ia = {
-        .send_cq = vb->cq, .recv_cq = vb->cq, .qp_type = IBV_QPT_RC,
+        .send_cq = vb->scq, .recv_cq = vb->cq, .qp_type = IBV_QPT_RC,
         .cap = {.max_send_wr = VB_SQ_DEPTH, .max_recv_wr = VB_NRECV, .max_send_sge = 1,
-                .max_recv_sge = 1},
+                .max_recv_sge = 1, .max_inline_data = VB_MAX_INLINE},
     };
     q->qp = ibv_create_qp(vb->pd, &ia);
+    if (!q->qp && (errno == EINVAL || errno == ENOMEM)) {
+        ia.cap.max_inline_data = 0; /* a device without inline sends */
+        q->qp = ibv_create_qp(vb->pd, &ia);
+    }
+    if (q->qp && (q == vb->peers || ia.cap.max_inline_data < vb->max_inline))
+        vb->max_inline = ia.cap.max_inline_data;
     if (!q->qp) {
         crux_error(CRUX_SUBSYS_NET, "verbs: ibv_create_qp for rank %d (%s) on %s: %s", q->rank,
                    q->host, vb->dev_name, strerror(errno));
@@ -132,21 +162,24 @@ static int post_initial_recvs(struct crux_verbs *vb, struct vb_peer *q, int idx)
     return CRUX_SUCCESS;
 }
 
-/* A cached registration pins the pages a virtual range had when it was registered.
- * If malloc returns a freed buffer to the kernel (munmap, heap trim) and later hands
- * out the same addresses backed by new pages, the cached MR would point at the old
- * ones. Keep malloc from unmapping (as Open MPI's leave_pinned did): freed memory
- * stays mapped and is reused in place. Memory the application munmaps itself must
- * not be cached: set CRUX_IB_MR_CACHE_BYTES=0 then. */
-static void keep_freed_memory_mapped(struct crux_verbs *vb)
+/* Cached registrations stay valid only while the memory hooks see every release
+ * (verbs_memhook.h). Without them the cache would hand the HCA pages the
+ * application no longer has: register per message instead, and say why. */
+static size_t mr_cache_budget(const struct crux_verbs *vb, size_t wanted)
 {
-    if (mallopt(M_MMAP_MAX, 0) != 1 || mallopt(M_TRIM_THRESHOLD, -1) != 1)
-        crux_warn(CRUX_SUBSYS_NET, "verbs: mallopt refused to keep freed memory mapped; cached "
-                  "registrations may go stale: set CRUX_IB_MR_CACHE_BYTES=0");
-    else
-        crux_info(CRUX_SUBSYS_NET, "verbs: registration cache of %zu bytes on %s: malloc keeps "
-                  "freed memory mapped (M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1)",
-                  vb->base.ctx->cfg.ib_mr_cache_bytes, vb->dev_name);
+    if (wanted == 0)
+        return 0;
+    if (!mh_hooks_active()) {
+        crux_warn(CRUX_SUBSYS_NET, "verbs: registration cache off: libcrux's munmap/free hooks "
+                  "are not the process's (libcrux loaded after libc, e.g. dlopen'ed), so a "
+                  "released buffer could not be told from a live one; link libcrux into the "
+                  "program or LD_PRELOAD it to cache registrations (CRUX_IB_MR_CACHE_BYTES=0 "
+                  "silences this)");
+        return 0;
+    }
+    crux_info(CRUX_SUBSYS_NET, "verbs: registration cache of %zu bytes on %s; released memory "
+              "is dropped from it (munmap/mremap/madvise/free hooks)", wanted, vb->dev_name);
+    return wanted;
 }
 
 static int local_open(struct crux_verbs *vb, const struct crux_config *cfg)
@@ -171,18 +204,22 @@ static int local_open(struct crux_verbs *vb, const struct crux_config *cfg)
         crux_error(CRUX_SUBSYS_NET, "verbs: completion channel O_NONBLOCK: %s", strerror(errno));
         return CRUX_ERR_TRANSPORT;
     }
-    int depth = vb->npeers * (VB_SQ_DEPTH + VB_NRECV) + 16;
+    int depth = vb->npeers * VB_NRECV + 16, sdepth = vb->npeers * VB_SQ_DEPTH + 16;
     vb->cq = ibv_create_cq(vb->ctx, depth, NULL, vb->chan, 0);
     if (!vb->cq) {
         crux_error(CRUX_SUBSYS_NET, "verbs: ibv_create_cq(depth=%d) on %s: %s", depth,
                    vb->dev_name, strerror(errno));
         return CRUX_ERR_TRANSPORT;
     }
+    vb->scq = ibv_create_cq(vb->ctx, sdepth, NULL, vb->chan, 0);
+    if (!vb->scq) {
+        crux_error(CRUX_SUBSYS_NET, "verbs: ibv_create_cq(depth=%d, sends) on %s: %s", sdepth,
+                   vb->dev_name, strerror(errno));
+        return CRUX_ERR_TRANSPORT;
+    }
     CRUX_TRY(region_open(vb));
-    if (cfg->ib_mr_cache_bytes > 0)
-        keep_freed_memory_mapped(vb);
-    mrc_init(&vb->mrc, cfg->ib_mr_cache_bytes, (size_t)sysconf(_SC_PAGESIZE), mrc_reg_cb,
-             mrc_dereg_cb, vb);
+    mrc_init(&vb->mrc, mr_cache_budget(vb, cfg->ib_mr_cache_bytes),
+             (size_t)sysconf(_SC_PAGESIZE), mrc_reg_cb, mrc_dereg_cb, vb);
     for (int i = 0; i < vb->npeers; i++) {
         CRUX_TRY(qp_create(vb, &vb->peers[i]));
         CRUX_TRY(post_initial_recvs(vb, &vb->peers[i], i));
@@ -224,8 +261,8 @@ static int qp_connect(struct crux_verbs *vb, struct vb_peer *q, const struct cru
         return CRUX_ERR_TRANSPORT;
     }
     memcpy(q->rgid, rh->gid, 16);
-    crux_debug(CRUX_SUBSYS_NET, "verbs: QP %u -> rank %d (%s) qpn %u GID %s MTU %d", q->qp->qp_num,
-               q->rank, q->host, rqpn, g, 128 << mtu);
+    crux_debug(CRUX_SUBSYS_NET, "verbs: QP %u -> rank %d (%s) qpn %u GID %s MTU %d, inline %u",
+               q->qp->qp_num, q->rank, q->host, rqpn, g, 128 << mtu, vb->max_inline);
     return CRUX_SUCCESS;
 }
 
@@ -251,6 +288,7 @@ static void fill_record(struct crux_verbs *vb, struct vb_rec_head *h, uint32_t p
     h->mtu = (uint8_t)vb->mtu;
     h->rkey = vb->mr->rkey;
     h->psn = psn;
+    vb_agreed_of(&vb->base.ctx->cfg, &h->agreed);
     for (int i = 0; i < vb->npeers; i++) {
         struct vb_rec_peer *e = rec_peer(h, vb->peers[i].rank);
         e->qpn = vb->peers[i].qp->qp_num;
@@ -265,6 +303,16 @@ static int connect_all(struct crux_verbs *vb, struct crux_ctx *ctx, uint8_t *all
         struct vb_rec_head *rh = rec_of(all, ctx->size, q->rank);
         if (!rh->ok) /* that rank failed and says so itself */
             return CRUX_ERR_TRANSPORT;
+        struct vb_agreed mine;
+        int v_me, v_peer;
+        vb_agreed_of(&ctx->cfg, &mine);
+        const char *var = vb_agreed_diff(&mine, &rh->agreed, &v_me, &v_peer);
+        if (var) {
+            crux_error(CRUX_SUBSYS_NET, "verbs: %s differs between rank %d (host %s: %d) and this "
+                       "rank (%d): both ends of a queue pair must use the same value", var,
+                       q->rank, q->host, v_peer, v_me);
+            return CRUX_ERR_MISMATCH;
+        }
         struct vb_rec_peer *e = rec_peer(rh, ctx->rank);
         if (e->qpn == 0) {
             crux_error(CRUX_SUBSYS_NET, "verbs: rank %d (%s) has no QP for this rank: the ranks "

@@ -11,12 +11,13 @@
 
 #include "crux.h"
 #include "log.h"
+#include "verbs_memhook.h"
 
 void mrc_init(struct mr_cache *c, size_t limit, size_t page, mrc_reg_fn reg, mrc_dereg_fn dereg,
               void *arg)
 {
     *c = (struct mr_cache){.reg = reg, .dereg = dereg, .arg = arg, .limit = limit,
-                           .page = page ? page : 4096};
+                           .page = page ? page : 4096, .mh_cursor = mh_cursor_now()};
 }
 
 static void lru_unlink(struct mr_cache *c, struct mrc_entry *e)
@@ -46,6 +47,7 @@ static void lru_push_front(struct mr_cache *c, struct mrc_entry *e)
 static void entry_drop(struct mr_cache *c, struct mrc_entry *e)
 {
     lru_unlink(c, e);
+    mh_unwatch(e->watch);
     c->dereg(c->arg, e->mr);
     c->bytes -= e->end - e->start;
     c->nentries--;
@@ -74,12 +76,39 @@ int mrc_has_idle(const struct mr_cache *c)
     return 0;
 }
 
+/* The pages under [start, end) were released: idle registrations of them go now,
+ * busy ones when their transfer releases them. */
+static void invalidate_range(void *arg, uintptr_t start, uintptr_t end)
+{
+    struct mr_cache *c = arg;
+    for (struct mrc_entry *e = c->head, *n; e; e = n) {
+        n = e->next;
+        if (e->start >= end || start >= e->end || e->stale)
+            continue;
+        c->invalidations++;
+        if (e->refs == 0)
+            entry_drop(c, e);
+        else
+            e->stale = 1;
+    }
+}
+
+/* Apply what the memory hooks saw since the last lookup (one load if nothing). */
+static void sync_released(struct mr_cache *c)
+{
+    if (c->mh_cursor == mh_cursor_now())
+        return;
+    if (mh_drain(&c->mh_cursor, invalidate_range, c))
+        invalidate_range(c, 0, UINTPTR_MAX); /* notes were lost: trust nothing */
+}
+
 int mrc_acquire(struct mr_cache *c, const void *buf, size_t len, struct mrc_entry **out)
 {
+    sync_released(c);
     uintptr_t start = (uintptr_t)buf & ~(uintptr_t)(c->page - 1);
     uintptr_t end = ((uintptr_t)buf + (len ? len : 1) + c->page - 1) & ~(uintptr_t)(c->page - 1);
     for (struct mrc_entry *e = c->head; e; e = e->next)
-        if (e->start <= start && end <= e->end) {
+        if (e->start <= start && end <= e->end && !e->stale) {
             c->hits++;
             e->refs++;
             if (e != c->head) {
@@ -115,6 +144,7 @@ int mrc_acquire(struct mr_cache *c, const void *buf, size_t len, struct mrc_entr
     e->start = start;
     e->end = end;
     e->refs = 1;
+    e->watch = mh_watch(start, end);
     c->bytes += end - start;
     c->nentries++;
     lru_push_front(c, e);
@@ -127,7 +157,9 @@ void mrc_release(struct mr_cache *c, struct mrc_entry *e)
     if (!e)
         return;
     e->refs--;
-    if (c->bytes > c->limit)
+    if (e->stale && e->refs == 0)
+        entry_drop(c, e);
+    else if (c->bytes > c->limit)
         evict_over_limit(c);
 }
 

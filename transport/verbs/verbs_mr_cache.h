@@ -19,6 +19,8 @@ struct mrc_entry {
     uintptr_t start, end;          /* page range [start, end) */
     void *mr;                      /* what reg returned */
     int refs;                      /* transfers using it: never evicted while > 0 */
+    int stale;                     /* memory released while in use: dropped at release */
+    int watch;                     /* verbs_memhook handle */
     struct mrc_entry *prev, *next; /* LRU list, most recent first */
 };
 
@@ -31,13 +33,15 @@ struct mr_cache {
     size_t bytes;                  /* registered now */
     struct mrc_entry *head, *tail;
     int nentries;
-    uint64_t hits, misses, evictions;
+    uint64_t mh_cursor;            /* position in verbs_memhook's stream of released ranges */
+    uint64_t hits, misses, evictions, invalidations;
 };
 
 void mrc_init(struct mr_cache *c, size_t limit, size_t page, mrc_reg_fn reg, mrc_dereg_fn dereg,
               void *arg);
 /* The registration covering [buf, buf+len), registering its page range on a miss;
- * the entry is referenced until mrc_release. */
+ * the entry is referenced until mrc_release. Registrations whose memory was
+ * released since (verbs_memhook.h) are dropped first, never returned. */
 int mrc_acquire(struct mr_cache *c, const void *buf, size_t len, struct mrc_entry **out);
 void mrc_release(struct mr_cache *c, struct mrc_entry *e);
 /* Any registration not in use (evictable)? reg may fail quietly with CRUX_ERR_NOMEM

@@ -279,15 +279,17 @@ static inline __attribute__((always_inline)) T512 void pack32(__m512i c0, __m512
         _mm_storeu_si128((__m128i *)(out + 16), _mm512_cvtepi32_epi8(c1));
         return;
     }
+    if (bits == 4) { /* 32 code bytes, then byte pairs: even + 16 * odd (maddubs) */
+        __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(c0)),
+                                            _mm512_cvtepi32_epi8(c1), 1);
+        __m256i pairs = _mm256_maddubs_epi16(b, _mm256_set1_epi16(0x1001));
+        _mm_storeu_si128((__m128i *)out, _mm256_cvtepi16_epi8(pairs));
+        return;
+    }
     /* pairs of lanes: even | odd << bits in the low byte of each 64-bit lane (the odd code
      * also stays in the high half: the narrowing below keeps only the low byte) */
     __m512i p0 = _mm512_or_si512(c0, _mm512_srli_epi64(c0, 32 - bits));
     __m512i p1 = _mm512_or_si512(c1, _mm512_srli_epi64(c1, 32 - bits));
-    if (bits == 4) {
-        _mm_storel_epi64((__m128i *)out, _mm512_cvtepi64_epi8(p0));
-        _mm_storel_epi64((__m128i *)(out + 8), _mm512_cvtepi64_epi8(p1));
-        return;
-    }
     /* 2 bits: pairs of pairs (4-bit values) again, in 128-bit halves */
     __m512i q = _mm512_permutex2var_epi64(p0, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), p1);
     __m512i r = _mm512_permutex2var_epi64(p0, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), p1);

@@ -264,7 +264,7 @@ static void bench_size(size_t n, const char *isa_arg)
         snprintf(name, sizeof name, "sketch accumulate %dx%d (%.0f KiB)", shapes[s][0], shapes[s][1], kib);
         TIME_IT(t, (crux_sketch_zero(&sk), crux_sketch_accumulate(&sk, x, n, 0)));
         row(name, n, t);
-        snprintf(name, sizeof name, "  floor: random += into the same table shape");
+        snprintf(name, sizeof name, "  floor: random += into a %dx%d table", shapes[s][0], shapes[s][1]);
         float *scratch = calloc((size_t)shapes[s][0] * (size_t)shapes[s][1], 4);
         if (!scratch)
             exit(1);

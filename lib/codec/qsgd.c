@@ -334,6 +334,60 @@ static T512 size_t quantize_pack_avx512(const float *x, size_t m, uint32_t base,
     }
 }
 
+/* Max-norm scale of a bucket: the same maximum of |x| bit patterns as bucket_scale_body
+ * (a maximum does not depend on the order), NaN for a bucket holding NaN or inf. */
+static inline __attribute__((always_inline)) T512 float max_scale_avx512(const float *x, size_t m)
+{
+    const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
+    __m512i mx = _mm512_setzero_si512();
+    size_t i = 0;
+    for (; i + 16 <= m; i += 16)
+        mx = _mm512_max_epu32(mx, _mm512_and_si512(_mm512_loadu_si512(x + i), absmask));
+    uint32_t r = _mm512_reduce_max_epu32(mx);
+    for (; i < m; i++) {
+        uint32_t a;
+        memcpy(&a, &x[i], sizeof a);
+        a &= 0x7fffffffu;
+        r = a > r ? a : r;
+    }
+    float f;
+    memcpy(&f, &r, sizeof f);
+    return r < 0x7f800000u ? f : NAN;
+}
+
+/* Whole max-norm buckets [b0, b1) with one code width: scale and quantise+pack inline,
+ * no calls per bucket. Returns the bucket it stopped at (the vector's last, partial
+ * bucket, whose 32-code tail the caller finishes), with *codes advanced. */
+static inline __attribute__((always_inline)) T512 size_t
+max_buckets_bits(const struct crux_qsgd *q, const float *x, size_t n, uint64_t base, uint32_t key,
+                 size_t b0, size_t b1, uint8_t *out, uint8_t **codes, const int bits)
+{
+    const size_t bucket = (size_t)q->bucket;
+    size_t b = b0;
+    for (; b < b1; b++) {
+        const size_t off = b * bucket;
+        if (n - off < bucket || bucket % 32)
+            break;
+        float scale = max_scale_avx512(x + off, bucket);
+        memcpy(out + b * sizeof(float), &scale, sizeof scale);
+        quantize_pack_bits(x + off, bucket, (uint32_t)(base + off), key,
+                           bucket_inv(scale, q->levels), q->levels, bits, *codes);
+        *codes += bucket * (size_t)bits / 8;
+    }
+    return b;
+}
+
+static T512 size_t max_buckets_avx512(const struct crux_qsgd *q, const float *x, size_t n,
+                                      uint64_t base, uint32_t key, size_t b0, size_t b1,
+                                      uint8_t *out, uint8_t **codes)
+{
+    switch (crux_qsgd_code_bits(q->levels)) {
+    case 2: return max_buckets_bits(q, x, n, base, key, b0, b1, out, codes, 2);
+    case 4: return max_buckets_bits(q, x, n, base, key, b0, b1, out, codes, 4);
+    default: return max_buckets_bits(q, x, n, base, key, b0, b1, out, codes, 8);
+    }
+}
+
 QSGD_ISA(avx2, __attribute__((target("avx2,fma"))))
 QSGD_ISA(avx512, T512)
 #endif
@@ -392,6 +446,10 @@ static void encode_buckets(const struct crux_qsgd *q, const float *x, size_t n, 
     const size_t bucket = (size_t)q->bucket;
     const struct qsgd_kernels *kern = active();
     uint8_t c[BLOCK];
+#ifdef QSGD_X86
+    if (kern == &kernels_avx512 && q->norm == CRUX_QSGD_NORM_MAX) /* the common case, inline */
+        b0 = max_buckets_avx512(q, x, n, base, key, b0, b1, out, &codes);
+#endif
     for (size_t b = b0; b < b1; b++) {
         const size_t off = b * bucket, m = n - off < bucket ? n - off : bucket;
         float scale = kern->scale(x + off, m, q->norm);

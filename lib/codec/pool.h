@@ -14,6 +14,8 @@
  *    compressor owns its pool; it is not thread-safe, like the communicator).
  *  - Idle workers sleep in the kernel (futex) after a spin of a few microseconds,
  *    so ranks that share cores are not slowed by parked workers.
+ *  - Threads do not survive fork(): a pool (or a compressor holding one) created before a
+ *    fork must not be run in the child; create it there.
  *  - Kernels split by disjoint ranges and combine in part order, so every codec result
  *    is bit-identical whatever the thread count (tests/test_codec_pool.c).
  *

@@ -279,15 +279,17 @@ static inline __attribute__((always_inline)) T512 void pack32(__m512i c0, __m512
         _mm_storeu_si128((__m128i *)(out + 16), _mm512_cvtepi32_epi8(c1));
         return;
     }
+    if (bits == 4) { /* 32 code bytes, then byte pairs: even + 16 * odd (maddubs) */
+        __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(c0)),
+                                            _mm512_cvtepi32_epi8(c1), 1);
+        __m256i pairs = _mm256_maddubs_epi16(b, _mm256_set1_epi16(0x1001));
+        _mm_storeu_si128((__m128i *)out, _mm256_cvtepi16_epi8(pairs));
+        return;
+    }
     /* pairs of lanes: even | odd << bits in the low byte of each 64-bit lane (the odd code
      * also stays in the high half: the narrowing below keeps only the low byte) */
     __m512i p0 = _mm512_or_si512(c0, _mm512_srli_epi64(c0, 32 - bits));
     __m512i p1 = _mm512_or_si512(c1, _mm512_srli_epi64(c1, 32 - bits));
-    if (bits == 4) {
-        _mm_storel_epi64((__m128i *)out, _mm512_cvtepi64_epi8(p0));
-        _mm_storel_epi64((__m128i *)(out + 8), _mm512_cvtepi64_epi8(p1));
-        return;
-    }
     /* 2 bits: pairs of pairs (4-bit values) again, in 128-bit halves */
     __m512i q = _mm512_permutex2var_epi64(p0, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), p1);
     __m512i r = _mm512_permutex2var_epi64(p0, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), p1);
@@ -329,6 +331,60 @@ static T512 size_t quantize_pack_avx512(const float *x, size_t m, uint32_t base,
     case 2: return quantize_pack_bits(x, m, base, key, inv, s, 2, out);
     case 4: return quantize_pack_bits(x, m, base, key, inv, s, 4, out);
     default: return quantize_pack_bits(x, m, base, key, inv, s, 8, out);
+    }
+}
+
+/* Max-norm scale of a bucket: the same maximum of |x| bit patterns as bucket_scale_body
+ * (a maximum does not depend on the order), NaN for a bucket holding NaN or inf. */
+static inline __attribute__((always_inline)) T512 float max_scale_avx512(const float *x, size_t m)
+{
+    const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
+    __m512i mx = _mm512_setzero_si512();
+    size_t i = 0;
+    for (; i + 16 <= m; i += 16)
+        mx = _mm512_max_epu32(mx, _mm512_and_si512(_mm512_loadu_si512(x + i), absmask));
+    uint32_t r = _mm512_reduce_max_epu32(mx);
+    for (; i < m; i++) {
+        uint32_t a;
+        memcpy(&a, &x[i], sizeof a);
+        a &= 0x7fffffffu;
+        r = a > r ? a : r;
+    }
+    float f;
+    memcpy(&f, &r, sizeof f);
+    return r < 0x7f800000u ? f : NAN;
+}
+
+/* Whole max-norm buckets [b0, b1) with one code width: scale and quantise+pack inline,
+ * no calls per bucket. Returns the bucket it stopped at (the vector's last, partial
+ * bucket, whose 32-code tail the caller finishes), with *codes advanced. */
+static inline __attribute__((always_inline)) T512 size_t
+max_buckets_bits(const struct crux_qsgd *q, const float *x, size_t n, uint64_t base, uint32_t key,
+                 size_t b0, size_t b1, uint8_t *out, uint8_t **codes, const int bits)
+{
+    const size_t bucket = (size_t)q->bucket;
+    size_t b = b0;
+    for (; b < b1; b++) {
+        const size_t off = b * bucket;
+        if (n - off < bucket || bucket % 32)
+            break;
+        float scale = max_scale_avx512(x + off, bucket);
+        memcpy(out + b * sizeof(float), &scale, sizeof scale);
+        quantize_pack_bits(x + off, bucket, (uint32_t)(base + off), key,
+                           bucket_inv(scale, q->levels), q->levels, bits, *codes);
+        *codes += bucket * (size_t)bits / 8;
+    }
+    return b;
+}
+
+static T512 size_t max_buckets_avx512(const struct crux_qsgd *q, const float *x, size_t n,
+                                      uint64_t base, uint32_t key, size_t b0, size_t b1,
+                                      uint8_t *out, uint8_t **codes)
+{
+    switch (crux_qsgd_code_bits(q->levels)) {
+    case 2: return max_buckets_bits(q, x, n, base, key, b0, b1, out, codes, 2);
+    case 4: return max_buckets_bits(q, x, n, base, key, b0, b1, out, codes, 4);
+    default: return max_buckets_bits(q, x, n, base, key, b0, b1, out, codes, 8);
     }
 }
 
@@ -390,6 +446,10 @@ static void encode_buckets(const struct crux_qsgd *q, const float *x, size_t n, 
     const size_t bucket = (size_t)q->bucket;
     const struct qsgd_kernels *kern = active();
     uint8_t c[BLOCK];
+#ifdef QSGD_X86
+    if (kern == &kernels_avx512 && q->norm == CRUX_QSGD_NORM_MAX) /* the common case, inline */
+        b0 = max_buckets_avx512(q, x, n, base, key, b0, b1, out, &codes);
+#endif
     for (size_t b = b0; b < b1; b++) {
         const size_t off = b * bucket, m = n - off < bucket ? n - off : bucket;
         float scale = kern->scale(x + off, m, q->norm);

@@ -469,15 +469,11 @@ static size_t run_survivor_pass(struct survivor_pass *sp)
     for (int p = 0; p < nparts; p++)
         over |= sp->got[p] > ws->cap || (m += sp->got[p]) > ws->cap;
     if (over) {
-        for (int p = 0; sp->zero && p < nparts; p++) { /* part p recorded min(got, cap), 0-based */
+        for (int p = 0; sp->zero && p < nparts; p++) { /* part p recorded min(got, cap) */
             size_t lo, hi, rec = sp->got[p] > ws->cap ? ws->cap : sp->got[p];
             crux_pool_range(sp->n, PART_ALIGN, p, nparts, &lo, &hi);
-            if (sp->got[p] > ws->cap) /* indices were not rebased */
-                restore(sp->acc, lo, ws->cidx + (size_t)p * ws->stride,
-                        ws->cval + (size_t)p * ws->stride, rec);
-            else
-                restore(sp->acc, 0, ws->cidx + (size_t)p * ws->stride,
-                        ws->cval + (size_t)p * ws->stride, rec);
+            restore(sp->acc, sp->got[p] > ws->cap ? lo : 0 /* overflowed: not rebased */,
+                    ws->cidx + (size_t)p * ws->stride, ws->cval + (size_t)p * ws->stride, rec);
         }
         return ws->cap + 1;
     }

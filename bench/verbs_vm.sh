@@ -39,7 +39,8 @@ chmod +x "$work/guest.sh"
 # ib_write_bw: bytes iters peak avg[MB/s] ...; crux_allreduce_lat: bytes iters min
 # median mean p99 max; osu: size latency[us]).
 median() { sort -g | awk '{v[NR]=$1} END {if (NR) print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2); else print "n/a"}'; }
-col() { awk -v k="$1" -v c="$2" '$1==k {print $(c+1)}' "$work/out" | median; }
+# A perftest round that failed to connect prints 0.00 or inf: left out of the median.
+col() { awk -v k="$1" -v c="$2" '$1==k && $(c+1)+0 > 0 && $(c+1) != "inf" {print $(c+1)}' "$work/out" | median; }
 colsz() { awk -v k="$1" -v s="$2" -v c="$3" '$1==k && $2==s {print $(c+1)}' "$work/out" | median; }
 echo "== medians of $reps rounds"
 echo "ib_write_bw 4 MiB avg MB/s:          $(col write_bw 4)"

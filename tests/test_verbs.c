@@ -354,6 +354,30 @@ Test(verbs_memhook, free_of_a_registered_malloc_buffer)
     cr_assert_eq(d.pinned, 0);
 }
 
+/* realloc and reallocarray may move or unmap the old block. */
+Test(verbs_memhook, realloc_and_reallocarray)
+{
+    struct fake_dev d = {0};
+    struct mr_cache c;
+    mrc_init(&c, 1u << 30, PG, fake_reg, fake_dereg, &d);
+    size_t n = 4u << 20;
+    uint8_t *p = malloc(n);
+    cr_assert_not_null(p);
+    touch(&c, p, n);
+    p = realloc(p, 2 * n);
+    cr_assert_not_null(p);
+    touch(&c, p, n);
+    cr_assert_eq(c.invalidations, 1);
+    p = reallocarray(p, 3, n);
+    cr_assert_not_null(p);
+    touch(&c, p, n);
+    cr_assert_eq(c.invalidations, 2);
+    cr_assert_eq(d.deregs, 2);
+    free(p);
+    mrc_destroy(&c);
+    cr_assert_eq(d.pinned, 0);
+}
+
 Test(verbs_memhook, madvise_mremap_and_mmap_fixed)
 {
     struct fake_dev d = {0};

@@ -20,6 +20,7 @@
 #include "harness.h"
 
 #ifdef CRUX_HAVE_VERBS
+#include <dlfcn.h>
 #include <sys/mman.h>
 
 #include "transport/verbs/verbs.h"
@@ -302,6 +303,18 @@ static struct mrc_entry *touch(struct mr_cache *c, const void *p, size_t len)
 }
 
 Test(verbs_memhook, hooks_are_the_processs) { cr_assert(mh_hooks_active()); }
+
+/* A libcrux loaded after libc (dlopen, as from Python) sees that its hooks are not
+ * the ones the process calls, so its cache keeps nothing. */
+Test(verbs_memhook, dlopened_library_knows_its_hooks_are_shadowed)
+{
+    void *h = dlopen(CRUX_BINARY_DIR "/libcrux.so", RTLD_NOW | RTLD_LOCAL);
+    cr_assert_not_null(h, "dlopen libcrux.so: %s", dlerror());
+    int (*active)(void) = (int (*)(void))dlsym(h, "mh_hooks_active");
+    cr_assert_not_null(active);
+    cr_assert_eq(active(), 0);
+    dlclose(h);
+}
 
 /* The test the cache exists to pass: unmap a registered buffer, map new pages at
  * the same address, and the next lookup registers them instead of returning the

@@ -37,14 +37,16 @@ chmod +x "$work/guest.sh"
 "$here/tests/vm/rxe-vm" -c 2 -m 2G -t 3000 -C "$work" -- ./guest.sh | tee "$work/out"
 # Medians over the rounds (perftest columns: bytes iters min max typical avg ...;
 # ib_write_bw: bytes iters peak avg[MB/s] ...; crux_allreduce_lat: bytes iters min
-# median mean p99 max; osu --busbw: size latency algbw busbw).
+# median mean p99 max; osu: size latency[us]).
 median() { sort -g | awk '{v[NR]=$1} END {if (NR) print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2); else print "n/a"}'; }
-col() { awk -v k="$1" -v c="$2" '$1==k {print $(c+1)}' "$work/out" | median; }
+# A perftest round that failed to connect prints 0.00 or inf: left out of the median.
+col() { awk -v k="$1" -v c="$2" '$1==k && $(c+1)+0 > 0 && $(c+1) != "inf" {print $(c+1)}' "$work/out" | median; }
 colsz() { awk -v k="$1" -v s="$2" -v c="$3" '$1==k && $2==s {print $(c+1)}' "$work/out" | median; }
 echo "== medians of $reps rounds"
 echo "ib_write_bw 4 MiB avg MB/s:          $(col write_bw 4)"
-mbs() { awk '{ if ($1 == "n/a") print $1; else printf "%.1f\n", $1 * 1000 }'; }  # GB/s -> MB/s
-echo "crux busbw 4 MiB / 16 MiB MB/s:       $(colsz osu_large 4194304 4 | mbs) / $(colsz osu_large 16777216 4 | mbs)"
+# busbw from the latency column (2 ranks: busbw = algbw = bytes / time), in MB/s
+bw() { awk -v k=osu_large -v s="$1" '$1==k && $2==s {printf "%.2f\n", s / $3}' "$work/out" | median; }
+echo "crux busbw 4 MiB / 16 MiB MB/s:       $(bw 4194304) / $(bw 16777216)"
 echo "ib_write_lat 8 B typical / avg us:    $(col write_lat 5) / $(col write_lat 6)"
 echo "ib_send_lat 8 B typical / avg us:     $(col send_lat 5) / $(col send_lat 6)"
 echo "crux 8 B allreduce median / mean us:  $(col crux_lat 4) / $(col crux_lat 5) (min $(col crux_lat 3))"

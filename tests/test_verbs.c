@@ -20,6 +20,7 @@
 #include "harness.h"
 
 #ifdef CRUX_HAVE_VERBS
+#include <dlfcn.h>
 #include <sys/mman.h>
 
 #include "transport/verbs/verbs.h"
@@ -303,6 +304,18 @@ static struct mrc_entry *touch(struct mr_cache *c, const void *p, size_t len)
 
 Test(verbs_memhook, hooks_are_the_processs) { cr_assert(mh_hooks_active()); }
 
+/* A libcrux loaded after libc (dlopen, as from Python) sees that its hooks are not
+ * the ones the process calls, so its cache keeps nothing. */
+Test(verbs_memhook, dlopened_library_knows_its_hooks_are_shadowed)
+{
+    void *h = dlopen(CRUX_BINARY_DIR "/libcrux.so", RTLD_NOW | RTLD_LOCAL);
+    cr_assert_not_null(h, "dlopen libcrux.so: %s", dlerror());
+    int (*active)(void) = (int (*)(void))dlsym(h, "mh_hooks_active");
+    cr_assert_not_null(active);
+    cr_assert_eq(active(), 0);
+    dlclose(h);
+}
+
 /* The test the cache exists to pass: unmap a registered buffer, map new pages at
  * the same address, and the next lookup registers them instead of returning the
  * registration of the old pages. */
@@ -350,6 +363,30 @@ Test(verbs_memhook, free_of_a_registered_malloc_buffer)
     cr_assert_eq(c.hits, 1);
     cr_assert_eq(c.invalidations, 1);
     munmap(other, PG);
+    mrc_destroy(&c);
+    cr_assert_eq(d.pinned, 0);
+}
+
+/* realloc and reallocarray may move or unmap the old block. */
+Test(verbs_memhook, realloc_and_reallocarray)
+{
+    struct fake_dev d = {0};
+    struct mr_cache c;
+    mrc_init(&c, 1u << 30, PG, fake_reg, fake_dereg, &d);
+    size_t n = 4u << 20;
+    uint8_t *p = malloc(n);
+    cr_assert_not_null(p);
+    touch(&c, p, n);
+    p = realloc(p, 2 * n);
+    cr_assert_not_null(p);
+    touch(&c, p, n);
+    cr_assert_eq(c.invalidations, 1);
+    p = reallocarray(p, 3, n);
+    cr_assert_not_null(p);
+    touch(&c, p, n);
+    cr_assert_eq(c.invalidations, 2);
+    cr_assert_eq(d.deregs, 2);
+    free(p);
     mrc_destroy(&c);
     cr_assert_eq(d.pinned, 0);
 }

@@ -42,6 +42,7 @@
 #define VB_NGRANTS 4
 #define VB_CREDIT_LAZY (VB_NRECV / 2) /* unreported re-posts that force a credit write */
 #define VB_MAX_INLINE 256    /* inline data asked of the QP: header-only and tiny SENDs */
+#define VB_BLOCK_MS 2        /* longest sleep on the completion channel (see vb_block) */
 
 enum vb_type { VB_EAGER = 1, VB_RTS, VB_CTS, VB_REFUSE };
 enum vb_refuse_why { VB_REFUSE_MISMATCH = 0, VB_REFUSE_NOREG = 1 }; /* in vb_wire.off */

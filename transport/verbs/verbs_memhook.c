@@ -161,12 +161,13 @@ MH_NOSAN static void *next_fn(const char *name, void *_Atomic *slot)
 }
 
 static void *_Atomic next_munmap, *_Atomic next_mremap, *_Atomic next_mmap, *_Atomic next_madvise,
-    *_Atomic next_free, *_Atomic next_realloc;
+    *_Atomic next_free, *_Atomic next_realloc, *_Atomic next_reallocarray;
 
 __attribute__((constructor)) static void mh_resolve(void)
 {
     next_fn("free", &next_free);
     next_fn("realloc", &next_realloc);
+    next_fn("reallocarray", &next_reallocarray);
     next_fn("munmap", &next_munmap);
     next_fn("mremap", &next_mremap);
     next_fn("mmap", &next_mmap);
@@ -241,6 +242,16 @@ MH_NOSAN static void *mh_realloc(void *p, size_t n)
     return f ? f(p, n) : NULL; /* only inside our own dlsym, which does not realloc */
 }
 
+/* glibc's reallocarray calls its realloc internally: hooked on its own. */
+MH_NOSAN static void *mh_reallocarray(void *p, size_t n, size_t size)
+{
+    if (p && atomic_load_explicit(&mh.nlive, memory_order_relaxed))
+        mh_released(p, malloc_usable_size(p));
+    void *(*f)(void *, size_t, size_t) =
+        (void *(*)(void *, size_t, size_t))next_fn("reallocarray", &next_reallocarray);
+    return f ? f(p, n, size) : NULL;
+}
+
 /* The public names are aliases, so mh_hooks_active can tell our definition from
  * whatever the lookup order resolves the name to. */
 int munmap(void *addr, size_t len) __attribute__((alias("mh_munmap")));
@@ -253,11 +264,13 @@ void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 int madvise(void *addr, size_t len, int advice) __attribute__((alias("mh_madvise")));
 void free(void *p) __attribute__((alias("mh_free")));
 void *realloc(void *p, size_t n) __attribute__((alias("mh_realloc")));
+void *reallocarray(void *p, size_t n, size_t size) __attribute__((alias("mh_reallocarray")));
 
 int mh_hooks_active(void)
 {
     return dlsym(RTLD_DEFAULT, "free") == (void *)mh_free &&
            dlsym(RTLD_DEFAULT, "realloc") == (void *)mh_realloc &&
+           dlsym(RTLD_DEFAULT, "reallocarray") == (void *)mh_reallocarray &&
            dlsym(RTLD_DEFAULT, "munmap") == (void *)mh_munmap &&
            dlsym(RTLD_DEFAULT, "mremap") == (void *)mh_mremap &&
            dlsym(RTLD_DEFAULT, "mmap") == (void *)mh_mmap &&

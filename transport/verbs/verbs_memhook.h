@@ -6,11 +6,12 @@
  * addresses are later reused, the cached MR still points at the old pages: the HCA
  * would read and write memory the application no longer sees.
  *
- * libcrux therefore defines munmap, mremap, mmap, madvise, free and realloc itself
- * (symbol interposition, as UCX's ucm does): each notes the range it releases when
- * it overlaps a watched registration, then calls the next definition (libc's).
- * free and realloc are needed because glibc's malloc unmaps and trims through
- * internal calls that no interposed munmap sees. The cache drains the notes at its
+ * libcrux therefore defines munmap, mremap, mmap, madvise, free, realloc and
+ * reallocarray itself (symbol interposition, as UCX's ucm does): each notes the
+ * range it releases when it overlaps a watched registration, then calls the next
+ * definition (libc's). The malloc family is needed because glibc's malloc unmaps
+ * and trims through internal calls that no interposed munmap sees. Not seen:
+ * shmdt, and raw syscall(SYS_munmap, ...). The cache drains the notes at its
  * next lookup. The hooks allocate nothing and take no lock: any thread, any time.
  *
  * Interposition needs libcrux ahead of libc in the symbol lookup order (linked into

@@ -36,11 +36,11 @@ static int qsgd_encode_chunk(struct crux_compressor *c, size_t ch, const float *
 {
     size_t off = cx_chunk_off(c, ch), len = cx_chunk_len(c, ch);
     if (c->cfg.memory == CRUX_MEMORY_NONE) { /* unbiased as it is: encode grad itself */
-        crux_qsgd_encode(&c->q, grad + off, len, off, qsgd_key(c), slot);
+        crux_qsgd_encode_pool(c->pool, &c->q, grad + off, len, off, qsgd_key(c), slot);
         return cx_poll(c);
     }
     CRUX_TRY(cx_accumulate(c, ch, grad));
-    crux_qsgd_encode(&c->q, c->acc + off, len, off, qsgd_key(c), slot);
+    crux_qsgd_encode_pool(c->pool, &c->q, c->acc + off, len, off, qsgd_key(c), slot);
     /* residual error feedback: mem = acc - Q(acc) */
     if (c->mem != c->acc)
         memcpy(c->mem + off, c->acc + off, len * 4);

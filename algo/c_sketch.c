@@ -30,7 +30,7 @@ static int sketch_chunk(struct crux_compressor *c, size_t ch)
     crux_sketch_zero(s);
     for (size_t o = 0; o < len; o += CX_POLL_ELEMS) {
         size_t m = len - o < CX_POLL_ELEMS ? len - o : CX_POLL_ELEMS;
-        crux_sketch_accumulate(s, c->acc + off + o, m, (uint32_t)o);
+        crux_sketch_accumulate_pool(c->pool, s, c->acc + off + o, m, (uint32_t)o);
         CRUX_TRY(cx_poll(c));
     }
     return CRUX_SUCCESS;

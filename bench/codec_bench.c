@@ -98,6 +98,19 @@ static void add_pass(float *restrict y, const float *restrict x, size_t n)
         y[i] += x[i];
 }
 
+/* The floor of a count sketch: rows * n scalar += at random columns of a table of the
+ * same shape, row after row, the random numbers streamed from a 4 MiB array (no hashing). */
+#define RND_LEN (1u << 20)
+static void random_rmw(float *table, size_t cols, int rows, const uint32_t *rnd, const float *x,
+                       size_t n)
+{
+    for (int j = 0; j < rows; j++) {
+        float *row = table + (size_t)j * cols;
+        for (size_t i = 0; i < n; i++)
+            row[((uint64_t)rnd[i & (RND_LEN - 1)] * cols) >> 32] += x[i];
+    }
+}
+
 static double ref_read, ref_add; /* GB/s of the two memory passes of this size */
 
 static void row(const char *what, size_t n, double sec)
@@ -237,7 +250,10 @@ static void bench_size(size_t n, const char *isa_arg)
     size_t k = n / 1000;
     struct crux_topk_ws *ws;
     crux_topk_ws_create(n, k, &ws);
-    uint32_t *truth = malloc(k * 4), *hh = malloc(k * 4);
+    uint32_t *truth = malloc(k * 4), *hh = malloc(k * 4), *rnd = malloc(RND_LEN * 4);
+    uint64_t rs = 77;
+    for (size_t i = 0; i < RND_LEN; i++)
+        rnd[i] = (uint32_t)rng_next(&rs);
     crux_topk(x, n, k, 7, ws, truth, NULL);
     for (int s = 0; s < 4; s++) {
         struct crux_sketch sk;
@@ -248,6 +264,13 @@ static void bench_size(size_t n, const char *isa_arg)
         snprintf(name, sizeof name, "sketch accumulate %dx%d (%.0f KiB)", shapes[s][0], shapes[s][1], kib);
         TIME_IT(t, (crux_sketch_zero(&sk), crux_sketch_accumulate(&sk, x, n, 0)));
         row(name, n, t);
+        snprintf(name, sizeof name, "  floor: random += into the same table shape");
+        float *scratch = calloc((size_t)shapes[s][0] * (size_t)shapes[s][1], 4);
+        if (!scratch)
+            exit(1);
+        TIME_IT(t, random_rmw(scratch, (size_t)shapes[s][1], shapes[s][0], rnd, x, n));
+        row(name, n, t);
+        free(scratch);
         snprintf(name, sizeof name, "sketch estimate all %dx%d", shapes[s][0], shapes[s][1]);
         TIME_IT(t, crux_sketch_estimate(&sk, n, est));
         row(name, n, t);
@@ -261,7 +284,7 @@ static void bench_size(size_t n, const char *isa_arg)
         printf("%-44s recall of true top-0.1%%: %.3f\n", "", (double)hit / (double)k);
         crux_sketch_free(&sk);
     }
-    free(truth); free(hh); free(iv);
+    free(truth); free(hh); free(iv); free(rnd);
     crux_topk_ws_free(ws);
     free(x); free(m); free(acc); free(g); free(est);
 }
@@ -294,7 +317,10 @@ static void bench_threads(size_t n, int nthreads)
     printf("\n# scaling, n = %zu, wall clock, pool of %d threads (asked %d); columns: kernel, "
            "GB/s with 1 thread, with %d, speed-up\n", n, got, nthreads, got);
     static const double dens[] = {0.001, 0.01};
-    for (int row_ = 0; row_ < 5; row_++) {
+    struct crux_sketch sk;
+    if (crux_sketch_init(&sk, 5, 52428, 5))
+        exit(1);
+    for (int row_ = 0; row_ < 6; row_++) {
         double t[2];
         for (int p = 0; p < 2; p++) {
             crux_topk_ws_use_pool(ws, p ? pool : NULL);
@@ -304,18 +330,23 @@ static void bench_threads(size_t n, int nthreads)
                 TIME_IT(t[p], crux_topk(x, n, k, 7, ws, idx, val));
             else if (row_ < 4)
                 TIME_IT(t[p], crux_topk_ef(m, g, n, k, 7, ws, idx, val));
-            else
+            else if (row_ == 4)
                 TIME_IT(t[p], sink = (float)crux_qsgd_encode_pool(use, &q, x, n, 0, 99, wire));
+            else
+                TIME_IT(t[p], crux_sketch_accumulate_pool(use, &sk, x, n, 0));
         }
         char name[64];
         if (row_ < 4)
             snprintf(name, sizeof name, "%s d=%g", row_ < 2 ? "topk" : "fused EF topk", dens[row_ & 1]);
-        else
+        else if (row_ == 4)
             snprintf(name, sizeof name, "qsgd encode 4-bit");
+        else
+            snprintf(name, sizeof name, "sketch accumulate 5x52428 (1 MiB)");
         double g1 = 4.0 * (double)n / t[0] / 1e9, gN = 4.0 * (double)n / t[1] / 1e9;
         printf("%-46s %8.2f %8.2f %6.2fx\n", name, g1, gN, gN / g1);
     }
     bench_clock = CLOCK_THREAD_CPUTIME_ID;
+    crux_sketch_free(&sk);
     crux_topk_ws_free(ws);
     crux_pool_free(pool);
     free(x); free(m); free(g); free(wire); free(idx); free(val);

@@ -12,6 +12,7 @@
 
 #include "algo/algo.h"
 #include "compress.h"
+#include "codec/pool.h"
 
 #define CX_TAG_HEAD 0x5100u
 #define CX_TAG_TAIL 0x5101u

@@ -11,6 +11,8 @@
 #include "codec/pool.h"
 #include "codec/qsgd.h"
 #include "crux.h"
+#include "crux_internal.h"
+#include "lib/compress.h"
 
 static int cpuset_count(void)
 {
@@ -196,4 +198,69 @@ Test(pool, topk_and_fused_topk_bit_identical_to_one_thread, .timeout = 60)
     crux_topk_ws_free(w2);
     crux_pool_free(p);
     free(m); free(g); free(a1); free(a2); free(v1); free(v2); free(i1); free(i2);
+}
+
+/* ---- the pool inside the compressor: one rank, two compressors that differ only in
+ * CRUX_ENCODE_THREADS, fed the same gradients: bit-identical outputs every step ---- */
+
+
+static void compressor_threads_agree(crux_codec_t codec, crux_memory_t memory)
+{
+    if (cpuset_count() < 2)
+        cr_skip_test("the cpuset has %d core(s): no second encode thread", cpuset_count());
+    setenv("CRUX_RANK", "0", 1);
+    setenv("CRUX_SIZE", "1", 1);
+    cr_assert_eq(crux_init(NULL, NULL), CRUX_SUCCESS);
+    const size_t n = 600000;
+    crux_compress_config_t cfg;
+    crux_compress_config_init(&cfg, codec);
+    cfg.memory = memory;
+    cfg.density = 0.01;
+    cfg.seed = 17;
+    crux_compressor_t c[2];
+    for (int t = 0; t < 2; t++) {
+        crux_ctx_g->cfg.encode_threads = t + 1;
+        cr_assert_eq(crux_compressor_create(CRUX_COMM_WORLD, n, &cfg, &c[t]), CRUX_SUCCESS);
+    }
+    cr_assert_eq(crux_pool_size(c[0]->pool), 1);
+    cr_assert_eq(crux_pool_size(c[1]->pool), 2);
+    float *g = malloc(n * 4), *o0 = malloc(n * 4), *o1 = malloc(n * 4);
+    cr_assert(g && o0 && o1);
+    for (int step = 0; step < 4; step++) {
+        fill_heavy(g, n, 100 + (uint64_t)step);
+        cr_assert_eq(crux_compressed_allreduce(c[0], g, o0), CRUX_SUCCESS);
+        cr_assert_eq(crux_compressed_allreduce(c[1], g, o1), CRUX_SUCCESS);
+        cr_assert_eq(memcmp(o0, o1, n * 4), 0, "step %d: outputs differ", step);
+        cr_assert_eq(memcmp(c[0]->mem, c[1]->mem, n * 4), 0, "step %d: memories differ", step);
+    }
+    for (int t = 0; t < 2; t++)
+        crux_compressor_free(&c[t]);
+    free(g); free(o0); free(o1);
+    crux_finalize();
+}
+
+Test(pool_compressor, cltk_residual, .timeout = 60) { compressor_threads_agree(CRUX_CODEC_CLTK, CRUX_MEMORY_RESIDUAL); }
+Test(pool_compressor, gtopk_residual, .timeout = 60) { compressor_threads_agree(CRUX_CODEC_GTOPK, CRUX_MEMORY_RESIDUAL); }
+Test(pool_compressor, qsgd_residual, .timeout = 60) { compressor_threads_agree(CRUX_CODEC_QSGD, CRUX_MEMORY_RESIDUAL); }
+Test(pool_compressor, sketch_residual, .timeout = 60) { compressor_threads_agree(CRUX_CODEC_SKETCH, CRUX_MEMORY_RESIDUAL); }
+
+Test(pool, sketch_rows_split_bit_identical, .timeout = 60)
+{
+    struct crux_pool *p = pool_of(2);
+    const size_t N = 300007;
+    float *x = malloc(N * 4);
+    cr_assert(x);
+    fill_heavy(x, N, 5);
+    for (int rows = 1; rows <= 5; rows += 2) {
+        struct crux_sketch a, b;
+        cr_assert_eq(crux_sketch_init(&a, rows, 5003, 9), CRUX_SUCCESS);
+        cr_assert_eq(crux_sketch_init(&b, rows, 5003, 9), CRUX_SUCCESS);
+        crux_sketch_accumulate(&a, x, N, 1000);
+        crux_sketch_accumulate_pool(p, &b, x, N, 1000);
+        cr_assert_eq(memcmp(a.table, b.table, (size_t)rows * 5003 * 4), 0, "rows %d", rows);
+        crux_sketch_free(&a);
+        crux_sketch_free(&b);
+    }
+    crux_pool_free(p);
+    free(x);
 }

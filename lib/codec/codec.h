@@ -96,6 +96,10 @@ void crux_sketch_zero(struct crux_sketch *s);
 /* table += sketch of x[0..n), element i treated as global index base + i.
  * Blocked so the table stays in cache; vectorised hashing. */
 void crux_sketch_accumulate(struct crux_sketch *s, const float *x, size_t n, uint32_t base);
+/* The same, rows split over a worker pool (pool.h; NULL = one thread): bit-identical. */
+struct crux_pool;
+void crux_sketch_accumulate_pool(struct crux_pool *pool, struct crux_sketch *s, const float *x,
+                                 size_t n, uint32_t base);
 /* Median over rows of s_j(i) * table[j][h_j(i)]. */
 float crux_sketch_query(const struct crux_sketch *s, uint32_t i);
 /* Estimate all n coordinates into est[0..n) (vectorised query). */

@@ -2,10 +2,11 @@
  * ones; called only after the dispatcher (topk.c) saw the CPU support them. */
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <string.h>
 
 #include "codec/codec_isa.h"
 
-#define T512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw")))
+#define T512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,bmi2")))
 
 T512 size_t codec_compact_avx512(const float *x, size_t n, uint32_t thr, uint32_t *idx,
                                  float *val, size_t cap)
@@ -82,6 +83,62 @@ T512 size_t codec_compact_acc_avx512(float *acc, const float *mem, const float *
     for (size_t j = cnt; j < cnt + rec; j++)
         idx[j] += (uint32_t)i;
     return rest > cap - cnt ? cap + 1 : cnt + rest;
+}
+
+T512 size_t codec_sweep_avx512(const uint32_t *in_idx, const float *in_val, size_t m, uint32_t t,
+                               size_t ties, uint32_t *out_idx, float *out_val, float *restore)
+{
+    const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
+    const __m512i nankey = _mm512_set1_epi32(0x7f800001);
+    const __m512i tv = _mm512_set1_epi32((int)t);
+    size_t j = 0, o = 0;
+    for (; j + 16 <= m; j += 16) {
+        __m512 v = _mm512_loadu_ps(in_val + j);
+        __m512i key = _mm512_min_epi32(_mm512_and_si512(_mm512_castps_si512(v), absmask), nankey);
+        __mmask16 keep = _mm512_cmpgt_epi32_mask(key, tv);
+        __mmask16 eq = _mm512_cmpeq_epi32_mask(key, tv);
+        if (eq && ties) { /* the lowest-index `ties` equal keys */
+            unsigned e = eq;
+            if ((size_t)__builtin_popcount(e) > ties)
+                e = _pdep_u32((1u << ties) - 1, e);
+            ties -= (size_t)__builtin_popcount(e);
+            keep |= (__mmask16)e;
+        }
+        __mmask16 low = (__mmask16)((1u << __builtin_popcount(keep)) - 1);
+        __m512i iv = _mm512_loadu_si512(in_idx + j);
+        __mmask16 back = (__mmask16)(keep ^ 0xffffu);
+        if (restore && back) { /* 64-bit indices: n may exceed 2^31 */
+            _mm512_mask_i64scatter_ps(restore, (__mmask8)back,
+                                      _mm512_cvtepu32_epi64(_mm512_castsi512_si256(iv)),
+                                      _mm512_castps512_ps256(v), 4);
+            _mm512_mask_i64scatter_ps(restore, (__mmask8)(back >> 8),
+                                      _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(iv, 1)),
+                                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)), 4);
+        }
+        if (out_val)
+            _mm512_mask_storeu_ps(out_val + o, low, _mm512_maskz_compress_ps(keep, v));
+        if (out_idx)
+            _mm512_mask_storeu_epi32(out_idx + o, low, _mm512_maskz_compress_epi32(keep, iv));
+        o += (size_t)__builtin_popcount(keep);
+    }
+    for (; j < m; j++) {
+        uint32_t bits;
+        memcpy(&bits, &in_val[j], sizeof bits);
+        uint32_t key = codec_key_bits(bits);
+        if (key > t || (key == t && ties > 0)) {
+            ties -= key == t;
+            float vv = in_val[j];
+            uint32_t ix = in_idx[j];
+            if (out_idx)
+                out_idx[o] = ix;
+            if (out_val)
+                out_val[o] = vv;
+            o++;
+        } else if (restore) {
+            restore[in_idx[j]] = in_val[j];
+        }
+    }
+    return o;
 }
 
 T512 void codec_hash_avx512(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,

@@ -46,6 +46,13 @@ size_t codec_compact_acc_avx2(float *acc, const float *mem, const float *grad, s
 size_t codec_compact_acc_avx512(float *acc, const float *mem, const float *grad, size_t n,
                                 uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero);
 
+/* Fix-up sweep over a survivor list: keep key > t and the first `ties` entries with
+ * key == t, in order, into out_idx/out_val (either may be NULL; they may alias the
+ * inputs; never written past the kept count). With restore, the entries not kept are
+ * written back: restore[in_idx[j]] = in_val[j]. Returns the kept count. */
+size_t codec_sweep_avx512(const uint32_t *in_idx, const float *in_val, size_t m, uint32_t t,
+                          size_t ties, uint32_t *out_idx, float *out_val, float *restore);
+
 /* Which way the last crux_topk on ws went (tests check every way gives the same result). */
 enum codec_topk_path {
     CODEC_TOPK_EXACT = 0,  /* small n, k > kmax or n > ws->n: radix select on all of x */

@@ -15,6 +15,7 @@
 #endif
 
 #include "codec/codec_isa.h"
+#include "codec/pool.h"
 #include "crux.h"
 #include "log.h"
 
@@ -104,12 +105,13 @@ static inline float flip(float v, uint32_t sign)
  * every 512 elements, 3 x 4 MiB 143 -> ~95 ms. Each cell still receives its additions
  * in increasing i, so the table does not depend on CHUNK or the ISA. */
 #define CHUNK (1u << 20)
-void crux_sketch_accumulate(struct crux_sketch *s, const float *x, size_t n, uint32_t base)
+static void accumulate_rows(struct crux_sketch *s, const float *x, size_t n, uint32_t base,
+                            int r0, int r1)
 {
     uint32_t col[BLOCK], sgn[BLOCK];
     for (size_t c0 = 0; c0 < n; c0 += CHUNK) {
         size_t cend = n - c0 < CHUNK ? n : c0 + CHUNK;
-        for (int j = 0; j < s->rows; j++) {
+        for (int j = r0; j < r1; j++) {
             float *row = s->table + (size_t)j * (size_t)s->cols;
             for (size_t off = c0; off < cend; off += BLOCK) {
                 size_t cnt = cend - off < BLOCK ? cend - off : BLOCK;
@@ -119,6 +121,36 @@ void crux_sketch_accumulate(struct crux_sketch *s, const float *x, size_t n, uin
             }
         }
     }
+}
+
+void crux_sketch_accumulate(struct crux_sketch *s, const float *x, size_t n, uint32_t base)
+{
+    accumulate_rows(s, x, n, base, 0, s->rows);
+}
+
+/* Rows are independent tables: part p of the pool owns rows [r0, r1), so every cell
+ * still gets its additions in increasing i from one thread (bit-identical). */
+struct sketch_job {
+    struct crux_sketch *s;
+    const float *x;
+    size_t n;
+    uint32_t base;
+};
+
+static void sketch_part(void *arg, int part, int nparts)
+{
+    struct sketch_job *j = arg;
+    size_t r0, r1;
+    crux_pool_range((size_t)j->s->rows, 1, part, nparts, &r0, &r1);
+    if (r0 < r1)
+        accumulate_rows(j->s, j->x, j->n, j->base, (int)r0, (int)r1);
+}
+
+void crux_sketch_accumulate_pool(struct crux_pool *pool, struct crux_sketch *s, const float *x,
+                                 size_t n, uint32_t base)
+{
+    struct sketch_job j = {s, x, n, base};
+    crux_pool_run(s->rows > 1 && n >= 8192 ? pool : NULL, sketch_part, &j);
 }
 
 /* Compare-exchange of two rows of lanes: lo = a < b ? a : b (exactly MINPS), hi =

@@ -41,7 +41,8 @@ static int cpu_can_run(int isa)
     __builtin_cpu_init();
     if (isa == CODEC_ISA_AVX512)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("bmi2"); /* the fix-up sweep uses pdep */
     if (isa == CODEC_ISA_AVX2)
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
 #endif
@@ -227,7 +228,7 @@ static uint32_t kth_largest_key(const float *v, size_t m, size_t k, size_t *n_gr
 /* Keep key > t and the first `ties` entries with key == t, in order: exactly
  * n_greater + ties entries land in out_idx/out_val (which may alias the inputs). */
 static size_t sweep_keep(const uint32_t *in_idx, const float *in_val, size_t m, uint32_t t,
-                         size_t ties, uint32_t *out_idx, float *out_val)
+                         size_t ties, uint32_t *out_idx, float *out_val, float *restore)
 {
     size_t o = 0;
     for (size_t j = 0; j < m; j++) {
@@ -241,18 +242,26 @@ static size_t sweep_keep(const uint32_t *in_idx, const float *in_val, size_t m, 
             if (out_val)
                 out_val[o] = vv;
             o++;
+        } else if (restore) {
+            restore[in_idx[j]] = in_val[j];
         }
     }
     return o;
 }
 
+/* restore (with in_idx only): where the candidates that were not kept go back to,
+ * restore[in_idx[j]] = in_val[j] (the zeroing EF pass). */
 static size_t select_exact(const uint32_t *in_idx, const float *in_val, size_t m, size_t k,
                            uint32_t *scratch, size_t scratch_cap, uint32_t *out_idx,
-                           float *out_val)
+                           float *out_val, float *restore)
 {
     size_t greater;
     uint32_t t = kth_largest_key(in_val, m, k, &greater, scratch, scratch_cap);
-    return sweep_keep(in_idx, in_val, m, t, k - greater, out_idx, out_val);
+#ifdef CODEC_X86
+    if (in_idx && crux_codec_active_isa() == CODEC_ISA_AVX512)
+        return codec_sweep_avx512(in_idx, in_val, m, t, k - greater, out_idx, out_val, restore);
+#endif
+    return sweep_keep(in_idx, in_val, m, t, k - greater, out_idx, out_val, restore);
 }
 
 /* ---- workspace ---- */
@@ -483,20 +492,6 @@ static size_t run_survivor_pass(struct survivor_pass *sp)
     return m;
 }
 
-/* After a zeroing pass selected out[0..k) from the survivors cidx[0..m) (both ascending):
- * give the survivors that were not selected their values back. */
-static void restore_unselected(float *acc, const uint32_t *cidx, const float *cval, size_t m,
-                               const uint32_t *out, size_t k)
-{
-    size_t o = 0;
-    for (size_t j = 0; j < m; j++) {
-        if (o < k && out[o] == cidx[j])
-            o++;
-        else
-            acc[cidx[j]] = cval[j];
-    }
-}
-
 /* The sampled path: threshold from the sample, survivor pass, exact-k fix-up. The first
  * pass is sp as given (maybe fused, maybe zeroing); retries and the fallback read acc. */
 static size_t topk_sampled(struct survivor_pass *sp, size_t k, uint64_t seed, uint32_t *idx,
@@ -523,10 +518,9 @@ static size_t topk_sampled(struct survivor_pass *sp, size_t k, uint64_t seed, ui
             break;
         if (m >= k) {
             ws->last_path = attempt == 0 ? CODEC_TOPK_SAMPLED : CODEC_TOPK_RETRIED;
-            size_t got = select_exact(ws->cidx, ws->cval, m, k, ws->ckey, ws->cap + 1, idx, val);
-            if (zeroed)
-                restore_unselected(acc, ws->cidx, ws->cval, m, idx, got);
-            else if (sp->ef)
+            size_t got = select_exact(ws->cidx, ws->cval, m, k, ws->ckey, ws->cap + 1, idx, val,
+                                      zeroed ? acc : NULL);
+            if (!zeroed && sp->ef)
                 crux_zero_at(acc, idx, got);
             return got;
         }
@@ -536,7 +530,7 @@ static size_t topk_sampled(struct survivor_pass *sp, size_t k, uint64_t seed, ui
             break;
     }
     ws->last_path = CODEC_TOPK_FALLBACK;
-    size_t got = select_exact(NULL, sp->x, n, k, NULL, 0, idx, val);
+    size_t got = select_exact(NULL, sp->x, n, k, NULL, 0, idx, val, NULL);
     if (sp->ef)
         crux_zero_at(acc, idx, got);
     return got;
@@ -554,10 +548,10 @@ static size_t topk_direct(const float *x, size_t n, size_t k, struct crux_topk_w
     if (k == 0)
         return 0;
     if (k == n)
-        return sweep_keep(NULL, x, n, 0, n, idx, val);
+        return sweep_keep(NULL, x, n, 0, n, idx, val, NULL);
     if (ws)
         ws->last_path = CODEC_TOPK_EXACT;
-    return select_exact(NULL, x, n, k, NULL, 0, idx, val);
+    return select_exact(NULL, x, n, k, NULL, 0, idx, val, NULL);
 }
 
 size_t crux_topk(const float *x, size_t n, size_t k, uint64_t seed, struct crux_topk_ws *ws,
@@ -609,5 +603,5 @@ size_t crux_topk_sparse(const uint32_t *cand_idx, const float *cand_val, size_t 
         k = m;
     if (k == 0)
         return 0;
-    return select_exact(cand_idx, cand_val, m, k, NULL, 0, out_idx, out_val);
+    return select_exact(cand_idx, cand_val, m, k, NULL, 0, out_idx, out_val, NULL);
 }

@@ -87,8 +87,8 @@ static void quantise(struct cx_step *s, const float *x, const struct qblock *k, 
 {
     struct crux_compressor *c = s->cx;
     double t = cx_tic();
-    crux_qsgd_encode(&c->q, x, k->len, cx_chunk_off(c, s->chunk) + k->lo,
-                     crux_qsgd_ring_key(c->cfg.seed, c->calls, s->chunk, hop), out);
+    crux_qsgd_encode_pool(c->pool, &c->q, x, k->len, cx_chunk_off(c, s->chunk) + k->lo,
+                          crux_qsgd_ring_key(c->cfg.seed, c->calls, s->chunk, hop), out);
     c->st.encode_s += cx_tic() - t;
 }
 

@@ -33,8 +33,11 @@ const char *crux_algo_name(int algo)
  * through the staging rings). More ranks: while the whole exchange fits the
  * mailboxes; each rank sends its vector to P-1 peers, so while (P-1) x bytes
  * stays within the eager limit (what two ranks send); past that recursive doubling
- * and the ring move less. `forced` (CRUX_ALGO=shm) drops the (P-1) factor. Only
- * for calls that own the context (op->exclusive): the node path bypasses the
+ * and the ring move less. With more ranks than cores the all-to-all needs every
+ * rank scheduled before anyone finishes, which the generic schedules' yield path
+ * already handles as well as it can: keep those (unmeasured gain, known behaviour).
+ * `forced` (CRUX_ALGO=shm) drops the (P-1) factor and the oversubscription rule.
+ * Only for calls that own the context (op->exclusive): the node path bypasses the
  * transfer queues, so schedules interleaved by lib/compress.c keep theirs. */
 static int select_shm_node(struct crux_coll *op, int forced)
 {
@@ -43,6 +46,8 @@ static int select_shm_node(struct crux_coll *op, int forced)
         return 0;
     if (comm->size == 2)
         return 1;
+    if (!forced && comm->ctx->yield_us > 0) /* oversubscribed (lib/init.c) */
+        return 0;
     size_t bytes = op->count * op->esize;
     return bytes * (size_t)(forced ? 1 : comm->size - 1) <= crux_shm_node_max_bytes(comm);
 }
@@ -81,6 +86,7 @@ void crux_allreduce_select(struct crux_coll *op)
 
 void crux_coll_select(struct crux_coll *op)
 {
+    int algo = op->comm->ctx->cfg.algo;
     switch (op->kind) {
     case CRUX_COLL_REDUCE_SCATTER:
         op->algo = CRUX_ALGO_RING;
@@ -97,13 +103,13 @@ void crux_coll_select(struct crux_coll *op)
     default:
         /* On one host a barrier is the node path's empty allreduce: one mailbox
          * message to each peer instead of log2(P) dependent rounds. */
-        if (op->comm->ctx->cfg.algo != CRUX_ALGO_AUTO || !op->exclusive ||
-            !crux_shm_node_usable(op->comm)) {
-            op->algo = CRUX_ALGO_AUTO;
-            op->fn = crux_barrier_dissemination;
-        } else {
+        if ((algo == CRUX_ALGO_AUTO || algo == CRUX_ALGO_SHM) &&
+            select_shm_node(op, algo == CRUX_ALGO_SHM)) {
             op->algo = CRUX_ALGO_SHM;
             op->fn = crux_allreduce_shm_node;
+        } else {
+            op->algo = CRUX_ALGO_AUTO;
+            op->fn = crux_barrier_dissemination;
         }
         break;
     }

@@ -27,10 +27,14 @@ const char *crux_algo_name(int algo)
  * config), so every rank picks the same schedule. */
 #define SELECT_TREE_MIN_NODES 4
 #define SELECT_TREE_MAX_BYTES ((size_t)1 << 20)
+#define SELECT_SHM_PIPE_MIN_BYTES ((size_t)8 << 20)
 
 /* One host, every rank on shared memory: the node path (algo/shm_node.c). Two
- * ranks: always (mailbox up to the eager limit, then its own RS + AG pipeline
- * through the staging rings). More ranks: while the whole exchange fits the
+ * ranks: the mailbox up to the eager limit, and its own RS + AG pipeline through
+ * the staging rings from SELECT_SHM_PIPE_MIN_BYTES. In between the generic ring is
+ * as fast or faster (2026-11-23, 2 ranks, loaded machine: equal at 256 KiB-2 MiB,
+ * 4 MiB ring 366-461 us vs pipeline 433-605 us; 16 MiB ring 3.7-4.9 ms vs 2.9-3.2 ms,
+ * 64 MiB 17.1 vs 10.7 ms). More ranks: while the whole exchange fits the
  * mailboxes; each rank sends its vector to P-1 peers, so while (P-1) x bytes
  * stays within the eager limit (what two ranks send); past that recursive doubling
  * and the ring move less. With more ranks than cores the all-to-all needs every
@@ -44,11 +48,11 @@ static int select_shm_node(struct crux_coll *op, int forced)
     struct crux_comm *comm = op->comm;
     if (!op->exclusive || !crux_shm_node_usable(comm))
         return 0;
+    size_t bytes = op->count * op->esize;
     if (comm->size == 2)
-        return 1;
+        return forced || bytes <= crux_shm_node_max_bytes(comm) || bytes >= SELECT_SHM_PIPE_MIN_BYTES;
     if (!forced && comm->ctx->yield_us > 0) /* oversubscribed (lib/init.c) */
         return 0;
-    size_t bytes = op->count * op->esize;
     return bytes * (size_t)(forced ? 1 : comm->size - 1) <= crux_shm_node_max_bytes(comm);
 }
 

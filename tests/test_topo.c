@@ -181,6 +181,10 @@ Test(topo, shm_node_selection)
     unsetenv("CRUX_RING_MIN_BYTES");
     size_t mb = 16384;
     cr_assert_eq(pick_shm(1, 2, 2, 4, mb), CRUX_ALGO_SHM);
+    cr_assert_eq(pick_shm(1, 2, 2, 16384, mb), CRUX_ALGO_SHM);
+    cr_assert_eq(pick_shm(1, 2, 2, 16388, mb), CRUX_ALGO_RECDBL);
+    cr_assert_eq(pick_shm(1, 2, 2, 4u << 20, mb), CRUX_ALGO_RING);
+    cr_assert_eq(pick_shm(1, 2, 2, 8u << 20, mb), CRUX_ALGO_SHM);
     cr_assert_eq(pick_shm(1, 2, 2, 256u << 20, mb), CRUX_ALGO_SHM);
     cr_assert_eq(pick_shm(1, 4, 4, 1024, mb), CRUX_ALGO_SHM);
     cr_assert_eq(pick_shm(1, 4, 4, 5460, mb), CRUX_ALGO_SHM);

@@ -27,23 +27,32 @@ const char *crux_algo_name(int algo)
  * config), so every rank picks the same schedule. */
 #define SELECT_TREE_MIN_NODES 4
 #define SELECT_TREE_MAX_BYTES ((size_t)1 << 20)
+#define SELECT_SHM_PIPE_MIN_BYTES ((size_t)8 << 20)
 
 /* One host, every rank on shared memory: the node path (algo/shm_node.c). Two
- * ranks: always (mailbox up to the eager limit, then its own RS + AG pipeline
- * through the staging rings). More ranks: while the whole exchange fits the
+ * ranks: the mailbox up to the eager limit, and its own RS + AG pipeline through
+ * the staging rings from SELECT_SHM_PIPE_MIN_BYTES. In between the generic ring is
+ * as fast or faster (2026-11-23, 2 ranks, loaded machine: equal at 256 KiB-2 MiB,
+ * 4 MiB ring 366-461 us vs pipeline 433-605 us; 16 MiB ring 3.7-4.9 ms vs 2.9-3.2 ms,
+ * 64 MiB 17.1 vs 10.7 ms). More ranks: while the whole exchange fits the
  * mailboxes; each rank sends its vector to P-1 peers, so while (P-1) x bytes
  * stays within the eager limit (what two ranks send); past that recursive doubling
- * and the ring move less. `forced` (CRUX_ALGO=shm) drops the (P-1) factor. Only
- * for calls that own the context (op->exclusive): the node path bypasses the
+ * and the ring move less. With more ranks than cores the all-to-all needs every
+ * rank scheduled before anyone finishes, which the generic schedules' yield path
+ * already handles as well as it can: keep those (unmeasured gain, known behaviour).
+ * `forced` (CRUX_ALGO=shm) drops the (P-1) factor and the oversubscription rule.
+ * Only for calls that own the context (op->exclusive): the node path bypasses the
  * transfer queues, so schedules interleaved by lib/compress.c keep theirs. */
 static int select_shm_node(struct crux_coll *op, int forced)
 {
     struct crux_comm *comm = op->comm;
     if (!op->exclusive || !crux_shm_node_usable(comm))
         return 0;
-    if (comm->size == 2)
-        return 1;
     size_t bytes = op->count * op->esize;
+    if (comm->size == 2)
+        return forced || bytes <= crux_shm_node_max_bytes(comm) || bytes >= SELECT_SHM_PIPE_MIN_BYTES;
+    if (!forced && comm->ctx->yield_us > 0) /* oversubscribed (lib/init.c) */
+        return 0;
     return bytes * (size_t)(forced ? 1 : comm->size - 1) <= crux_shm_node_max_bytes(comm);
 }
 
@@ -81,6 +90,7 @@ void crux_allreduce_select(struct crux_coll *op)
 
 void crux_coll_select(struct crux_coll *op)
 {
+    int algo = op->comm->ctx->cfg.algo;
     switch (op->kind) {
     case CRUX_COLL_REDUCE_SCATTER:
         op->algo = CRUX_ALGO_RING;
@@ -97,13 +107,13 @@ void crux_coll_select(struct crux_coll *op)
     default:
         /* On one host a barrier is the node path's empty allreduce: one mailbox
          * message to each peer instead of log2(P) dependent rounds. */
-        if (op->comm->ctx->cfg.algo != CRUX_ALGO_AUTO || !op->exclusive ||
-            !crux_shm_node_usable(op->comm)) {
-            op->algo = CRUX_ALGO_AUTO;
-            op->fn = crux_barrier_dissemination;
-        } else {
+        if ((algo == CRUX_ALGO_AUTO || algo == CRUX_ALGO_SHM) &&
+            select_shm_node(op, algo == CRUX_ALGO_SHM)) {
             op->algo = CRUX_ALGO_SHM;
             op->fn = crux_allreduce_shm_node;
+        } else {
+            op->algo = CRUX_ALGO_AUTO;
+            op->fn = crux_barrier_dissemination;
         }
         break;
     }

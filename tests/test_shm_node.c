@@ -10,13 +10,13 @@
 #include "crux.h"
 #include "harness.h"
 
-static void run_mode(int n, const char *mode, const char *mode_arg, char *extra_env)
+static void run_mode2(int n, const char *mode, const char *mode_arg, char *extra_env, char *env2)
 {
     char nbuf[16];
     snprintf(nbuf, sizeof(nbuf), "%d", n);
     char *argv[] = { CRUX_RUN_PATH, "-n", nbuf, "--", CRUX_TEST_RANKPROG, (char *)mode,
                      (char *)mode_arg, NULL };
-    char *env[] = { "CRUX_TRANSPORT=shm", "CRUX_TIMEOUT=60", extra_env, NULL };
+    char *env[] = { "CRUX_TRANSPORT=shm", "CRUX_TIMEOUT=60", extra_env, extra_env ? env2 : NULL, NULL };
     struct proc_result res;
     cr_assert_eq(run_proc(argv, env, 300, &res), 0);
     if (res.status != 0)
@@ -31,14 +31,26 @@ static void run_mode(int n, const char *mode, const char *mode_arg, char *extra_
     proc_result_free(&res);
 }
 
+static void run_mode(int n, const char *mode, const char *mode_arg, char *extra_env)
+{
+    run_mode2(n, mode, mode_arg, extra_env, NULL);
+}
+
+/* auto picks the node path for 2 ranks; more ranks than this machine's 2 cores keep
+ * the generic schedules under auto, so those runs force it (CRUX_ALGO=shm). */
 Test(shm_node, edges_1) { run_mode(1, "node", NULL, NULL); }
 Test(shm_node, edges_2) { run_mode(2, "node", NULL, NULL); }
-Test(shm_node, edges_3) { run_mode(3, "node", NULL, NULL); }
-Test(shm_node, edges_4) { run_mode(4, "node", NULL, NULL); }
-Test(shm_node, edges_5) { run_mode(5, "node", NULL, NULL); }
-Test(shm_node, edges_8, .timeout = 600) { run_mode(8, "node", NULL, NULL); }
+/* Forced: 2 ranks take the staging pipeline from 16 KiB up (auto: from 8 MiB). */
+Test(shm_node, edges_2_pipeline) { run_mode(2, "node", NULL, "CRUX_ALGO=shm"); }
+Test(shm_node, coll_2_pipeline) { run_mode(2, "coll", NULL, "CRUX_ALGO=shm"); }
+Test(shm_node, edges_3) { run_mode(3, "node", NULL, "CRUX_ALGO=shm"); }
+Test(shm_node, edges_4) { run_mode(4, "node", NULL, "CRUX_ALGO=shm"); }
+Test(shm_node, edges_5) { run_mode(5, "node", NULL, "CRUX_ALGO=shm"); }
+Test(shm_node, edges_8, .timeout = 600) { run_mode(8, "node", NULL, "CRUX_ALGO=shm"); }
+Test(shm_node, edges_4_auto) { run_mode(4, "node", NULL, NULL); }
 /* No spin budget: every receive not already there goes through the queued path. */
-Test(shm_node, fallback_3) { run_mode(3, "node", NULL, "CRUX_SPIN_US=0"); }
+Test(shm_node, fallback_2) { run_mode(2, "node", NULL, "CRUX_SPIN_US=0"); }
+Test(shm_node, fallback_3) { run_mode2(3, "node", NULL, "CRUX_SPIN_US=0", "CRUX_ALGO=shm"); }
 /* Forced: the mailbox path up to the eager limit for any rank count, ring above. */
 Test(shm_node, forced_coll_3) { run_mode(3, "coll", "--quick", "CRUX_ALGO=shm"); }
 Test(shm_node, forced_allreduce_5) { run_mode(5, "allreduce", NULL, "CRUX_ALGO=shm"); }
@@ -52,7 +64,7 @@ static void run_mismatch(int n, const char *what)
     char nbuf[16];
     snprintf(nbuf, sizeof(nbuf), "%d", n);
     char *argv[] = { CRUX_RUN_PATH, "-n", nbuf, "--", CRUX_TEST_RANKPROG, "mismatch", (char *)what, NULL };
-    char *env[] = { "CRUX_TRANSPORT=shm", "CRUX_TIMEOUT=20", NULL };
+    char *env[] = { "CRUX_TRANSPORT=shm", "CRUX_TIMEOUT=20", "CRUX_ALGO=shm", NULL };
     struct proc_result res;
     cr_assert_eq(run_proc(argv, env, 120, &res), 0);
     proc_result_dump(&res);
@@ -71,13 +83,13 @@ Test(shm_node, mismatch_dtype_3) { run_mismatch(3, "dtype"); }
 Test(shm_node, mismatch_op_4) { run_mismatch(4, "op"); }
 
 /* A SIGKILLed rank: every survivor's call fails within CRUX_TIMEOUT naming it. */
-static void run_kill(int n, int victim, char *extra_env)
+static void run_kill(int n, int victim, const char *iter, char *extra_env)
 {
     char nbuf[16], vbuf[16];
     snprintf(nbuf, sizeof(nbuf), "%d", n);
     snprintf(vbuf, sizeof(vbuf), "%d", victim);
     char *argv[] = { CRUX_RUN_PATH, "-n", nbuf, "--grace", "60", "--", CRUX_TEST_RANKPROG, "kill",
-                     vbuf, "300", NULL };
+                     vbuf, (char *)iter, NULL };
     char *env[] = { "CRUX_TRANSPORT=shm", "CRUX_TIMEOUT=20", extra_env, NULL };
     struct proc_result res;
     cr_assert_eq(run_proc(argv, env, 120, &res), 0);
@@ -99,6 +111,9 @@ static void run_kill(int n, int victim, char *extra_env)
     proc_result_free(&res);
 }
 
-/* Iteration 300 is even: the victim dies before a 16-float (mailbox) call. */
-Test(shm_node, kill_3ranks, .timeout = 180) { run_kill(3, 1, NULL); }
-Test(shm_node, kill_5ranks_oversubscribed, .timeout = 180) { run_kill(5, 4, NULL); }
+/* Iteration 300 is even: the victim dies before a 16-float (mailbox) call; 301
+ * before a 64 Ki-float one (2 ranks forced: the staging pipeline). */
+Test(shm_node, kill_3ranks, .timeout = 180) { run_kill(3, 1, "300", "CRUX_ALGO=shm"); }
+Test(shm_node, kill_5ranks_oversubscribed, .timeout = 180) { run_kill(5, 4, "300", "CRUX_ALGO=shm"); }
+Test(shm_node, kill_2ranks, .timeout = 180) { run_kill(2, 0, "300", NULL); }
+Test(shm_node, kill_2ranks_pipeline, .timeout = 180) { run_kill(2, 1, "301", "CRUX_ALGO=shm"); }

@@ -181,6 +181,10 @@ Test(topo, shm_node_selection)
     unsetenv("CRUX_RING_MIN_BYTES");
     size_t mb = 16384;
     cr_assert_eq(pick_shm(1, 2, 2, 4, mb), CRUX_ALGO_SHM);
+    cr_assert_eq(pick_shm(1, 2, 2, 16384, mb), CRUX_ALGO_SHM);
+    cr_assert_eq(pick_shm(1, 2, 2, 16388, mb), CRUX_ALGO_RECDBL);
+    cr_assert_eq(pick_shm(1, 2, 2, 4u << 20, mb), CRUX_ALGO_RING);
+    cr_assert_eq(pick_shm(1, 2, 2, 8u << 20, mb), CRUX_ALGO_SHM);
     cr_assert_eq(pick_shm(1, 2, 2, 256u << 20, mb), CRUX_ALGO_SHM);
     cr_assert_eq(pick_shm(1, 4, 4, 1024, mb), CRUX_ALGO_SHM);
     cr_assert_eq(pick_shm(1, 4, 4, 5460, mb), CRUX_ALGO_SHM);
@@ -190,6 +194,7 @@ Test(topo, shm_node_selection)
     cr_assert_eq(pick_shm(1, 4, 4, 16384, mb), CRUX_ALGO_SHM);
     cr_assert_eq(pick_shm(1, 4, 4, 16388, mb), CRUX_ALGO_RECDBL);
     cr_assert_eq(pick(2, 2, 4, 1024), CRUX_ALGO_RECDBL, "forced shm across hosts: auto");
+    unsetenv("CRUX_ALGO");
     /* Not exclusive (lib/compress.c interleaves schedules): never the node path. */
     struct crux_topo t = { .nnodes = 1, .max_local = 2, .min_local = 1 };
     static struct crux_ctx ctx;
@@ -198,6 +203,21 @@ Test(topo, shm_node_selection)
     struct crux_coll op = { .comm = &comm, .count = 1, .esize = 4, .exclusive = 0 };
     crux_allreduce_select(&op);
     cr_assert_eq(op.algo, CRUX_ALGO_RECDBL);
+    /* More ranks than cores: generic schedules for P > 2 unless forced. */
+    struct crux_comm comm4 = { .ctx = &ctx, .size = 4, .topo = &t, .shm_node = 1, .shm_node_max = mb };
+    struct crux_coll op4 = { .comm = &comm4, .count = 1, .esize = 4, .exclusive = 1 };
+    ctx.yield_us = 1000;
+    crux_allreduce_select(&op4);
+    cr_assert_eq(op4.algo, CRUX_ALGO_RECDBL);
+    comm.shm_node = 1;
+    op.exclusive = 1;
+    crux_allreduce_select(&op);
+    cr_assert_eq(op.algo, CRUX_ALGO_SHM, "two ranks: node path even when oversubscribed");
+    setenv("CRUX_ALGO", "shm", 1);
+    cr_assert_eq(crux_config_load(&ctx.cfg), CRUX_SUCCESS);
+    crux_allreduce_select(&op4);
+    cr_assert_eq(op4.algo, CRUX_ALGO_SHM);
+    unsetenv("CRUX_ALGO");
     setenv("CRUX_ALGO", "ring", 1);
     cr_assert_eq(pick_shm(1, 2, 2, 4, mb), CRUX_ALGO_RING);
     unsetenv("CRUX_ALGO");

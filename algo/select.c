@@ -29,6 +29,15 @@ const char *crux_algo_name(int algo)
 #define SELECT_TREE_MAX_BYTES ((size_t)1 << 20)
 #define SELECT_SHM_PIPE_MIN_BYTES ((size_t)8 << 20)
 
+/* One oversubscribed host (more ranks than cores): every ring step needs the next
+ * rank scheduled, so the ring's 2(P-1) hand-offs cost a scheduler round each, while
+ * recursive doubling has log2(P). 4 ranks on 2 cores, 2026-11-23, quiet: 64 KiB
+ * recdbl 20 us vs ring 58-150 us, 256 KiB 68-81 vs 84-441, 512 KiB 470-504 vs
+ * 882-922, 1 MiB 334-349 vs 230-1512. So recursive doubling runs up to 16x
+ * CRUX_RING_MIN_BYTES there (1 MiB by default). The whole communicator is on one
+ * host, so every rank sees the same oversubscription and picks alike. */
+#define SELECT_OVERSUB_RING_SCALE 16
+
 /* One host, every rank on shared memory: the node path (algo/shm_node.c). Two
  * ranks: the mailbox up to the eager limit, and its own RS + AG pipeline through
  * the staging rings from SELECT_SHM_PIPE_MIN_BYTES. In between the generic ring is
@@ -63,7 +72,10 @@ static int select_auto(struct crux_coll *op)
     size_t bytes = op->count * op->esize;
     if (select_shm_node(op, 0))
         return CRUX_ALGO_SHM;
-    if (bytes < cfg->ring_min_bytes || op->count < (size_t)op->comm->size)
+    size_t ring_min = cfg->ring_min_bytes;
+    if (t->nnodes == 1 && op->comm->ctx->yield_us > 0)
+        ring_min *= SELECT_OVERSUB_RING_SCALE;
+    if (bytes < ring_min || op->count < (size_t)op->comm->size)
         return CRUX_ALGO_RECDBL;
     if (t->nnodes >= SELECT_TREE_MIN_NODES && bytes <= SELECT_TREE_MAX_BYTES)
         return CRUX_ALGO_TREE;

@@ -222,3 +222,33 @@ Test(topo, shm_node_selection)
     cr_assert_eq(pick_shm(1, 2, 2, 4, mb), CRUX_ALGO_RING);
     unsetenv("CRUX_ALGO");
 }
+
+/* One oversubscribed host: recursive doubling up to 16x CRUX_RING_MIN_BYTES, the
+ * ring from there; with a core per rank, or across hosts, the plain threshold. */
+Test(topo, oversubscribed_ring_threshold)
+{
+    unsetenv("CRUX_ALGO");
+    unsetenv("CRUX_RING_MIN_BYTES");
+    static struct crux_ctx ctx;
+    cr_assert_eq(crux_config_load(&ctx.cfg), CRUX_SUCCESS);
+    struct crux_topo one = { .nnodes = 1, .max_local = 4, .min_local = 4 };
+    struct crux_topo two = { .nnodes = 2, .max_local = 2, .min_local = 2 };
+    struct crux_comm comm = { .ctx = &ctx, .size = 4, .topo = &one };
+    struct crux_coll op = { .comm = &comm, .esize = 4, .exclusive = 1 };
+    size_t counts[] = { 16384, (1u << 18) - 1, 1u << 18 };
+    int busy[] = { CRUX_ALGO_RING, CRUX_ALGO_RING, CRUX_ALGO_RING };
+    int over[] = { CRUX_ALGO_RECDBL, CRUX_ALGO_RECDBL, CRUX_ALGO_RING };
+    for (int i = 0; i < 3; i++) {
+        op.count = counts[i];
+        ctx.yield_us = 0;
+        crux_allreduce_select(&op);
+        cr_assert_eq(op.algo, busy[i], "a core per rank, %zu floats", counts[i]);
+        ctx.yield_us = 1000;
+        crux_allreduce_select(&op);
+        cr_assert_eq(op.algo, over[i], "oversubscribed, %zu floats", counts[i]);
+    }
+    comm.topo = &two; /* across hosts the hosts may disagree: plain threshold */
+    op.count = 16384;
+    crux_allreduce_select(&op);
+    cr_assert_eq(op.algo, CRUX_ALGO_HIER);
+}

@@ -114,7 +114,8 @@ const struct crux_param crux_params[] = {
      "CRUX_SHM_EAGER_BYTES (ring above)."},
     {"RING_MIN_BYTES", CRUX_PARAM_SIZE, "64K", OFF(ring_min_bytes), NULL,
      "With CRUX_ALGO=auto, allreduces of at least this many bytes (of one rank's buffer) use the "
-     "ring, smaller ones recursive doubling. Suffixes K, M, G are binary."},
+     "ring, smaller ones recursive doubling (16x this on one host with more ranks than cores). "
+     "Suffixes K, M, G are binary."},
     {"TIMEOUT", CRUX_PARAM_SECONDS, "300", OFF(timeout_s), NULL,
      "Seconds a collective call may take before failing with CRUX_ERR_TIMEOUT when a peer "
      "stalls; a peer that dies is reported as CRUX_ERR_PEER."},

@@ -629,16 +629,7 @@ int cx_post_allgather(struct crux_compressor *c, size_t bytes, struct cx_step **
 
 int cx_accumulate(struct crux_compressor *c, size_t chunk, const float *grad)
 {
-    size_t off = cx_chunk_off(c, chunk), len = cx_chunk_len(c, chunk);
-    for (size_t o = 0; o < len; o += CX_POLL_ELEMS) {
-        size_t m = len - o < CX_POLL_ELEMS ? len - o : CX_POLL_ELEMS;
-        if (c->cfg.memory == CRUX_MEMORY_NONE)
-            memcpy(c->acc + off + o, grad + off + o, m * 4);
-        else
-            crux_mem_accumulate(c->acc + off + o, c->mem + off + o, grad + off + o, m);
-        CRUX_TRY(cx_poll(c));
-    }
-    return CRUX_SUCCESS;
+    return cx_accumulate_zero(c, chunk, grad, NULL);
 }
 
 /* Zero a block with non-temporal stores: out is written once and read by the
@@ -704,6 +695,7 @@ void cx_zero_out_pooled(struct crux_compressor *c, float *out, const float *grad
     crux_pool_run(c->pool, cx_zero_part, &j);
 }
 
+/* out == NULL: accumulate only. */
 int cx_accumulate_zero(struct crux_compressor *c, size_t chunk, const float *grad, float *out)
 {
     size_t off = cx_chunk_off(c, chunk), len = cx_chunk_len(c, chunk);
@@ -714,7 +706,8 @@ int cx_accumulate_zero(struct crux_compressor *c, size_t chunk, const float *gra
             memcpy(c->acc + off + o, grad + off + o, m * 4);
         else
             crux_mem_accumulate(c->acc + off + o, c->mem + off + o, grad + off + o, m);
-        cx_zero_out(out, grad, c->n, off + o, m);
+        if (out)
+            cx_zero_out(out, grad, c->n, off + o, m);
         CRUX_TRY(cx_poll(c));
     }
     return CRUX_SUCCESS;

@@ -20,6 +20,10 @@ int crux_allreduce_recdbl(struct crux_coll *op); /* algo/recdbl.c: recursive dou
 int crux_allreduce_hier(struct crux_coll *op);   /* algo/hier.c: node RS, per-rail rings, node AG */
 int crux_allreduce_tree(struct crux_coll *op);   /* algo/tree.c: double binary tree, pipelined */
 int crux_allreduce_shm_node(struct crux_coll *op); /* algo/shm_node.c: one host, direct mailboxes */
+/* algo/shm_pipe.c: two ranks of one host, large messages; shm_node.c enters it and
+ * resumes it while op->phase == CRUX_SHM_PH_PIPE. */
+#define CRUX_SHM_PH_PIPE 2
+int crux_allreduce_shm_pipe(struct crux_coll *op);
 /* other collectives */
 int crux_reduce_scatter_ring(struct crux_coll *op); /* algo/ring.c */
 int crux_allgather_ring(struct crux_coll *op);      /* algo/allgather.c */

@@ -1,6 +1,8 @@
 /* test_install.c - install crux into a fresh prefix and build the example the two
- * ways a user would: pkg-config and find_package(crux); then run it on 3 ranks. */
+ * ways a user would: pkg-config and find_package(crux); then run it on 3 ranks.
+ * Also: bin/ holds exactly the tools and benchmarks, and they run from the prefix. */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,4 +73,60 @@ Test(install, find_package, .timeout = 300)
     sh(cmd, 240);
     snprintf(exe, sizeof(exe), "%s/ex-build/hello_allreduce", prefix);
     run_hello(exe);
+}
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Runs argv (from the prefix) and checks exit 0 and that stdout contains want. */
+static void run_expect(char *const argv[], const char *want)
+{
+    struct proc_result res;
+    cr_assert_eq(run_proc(argv, NULL, 120, &res), 0);
+    if (res.status != 0)
+        proc_result_dump(&res);
+    cr_assert_eq(res.status, 0, "%s failed", argv[0]);
+    cr_assert(strstr(res.out, want), "%s: missing \"%s\" in:\n%s", argv[0], want, res.out);
+    proc_result_free(&res);
+}
+
+Test(install, bin_set, .timeout = 300)
+{
+    static const char *want[] = {"crux-info", "crux-run", "crux-train", "crux_allreduce_lat",
+                                 "crux_codec_bench", "crux_osu_allreduce"};
+    enum { NWANT = sizeof want / sizeof want[0] };
+    install_once("bin");
+    char dir[512];
+    snprintf(dir, sizeof(dir), "%s/bin", prefix);
+    DIR *d = opendir(dir);
+    cr_assert_not_null(d, "no %s", dir);
+    char *got[32];
+    size_t n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        cr_assert_lt(n, 32u, "too many files in %s", dir);
+        got[n++] = strdup(e->d_name);
+    }
+    closedir(d);
+    qsort(got, n, sizeof got[0], by_name);
+    for (size_t i = 0; i < n; i++)
+        cr_assert(i < NWANT && !strcmp(got[i], want[i]), "installed bin/ entry %zu: %s", i, got[i]);
+    cr_assert_eq(n, (size_t)NWANT, "installed bin/ has %zu entries, want %d", n, NWANT);
+    for (size_t i = 0; i < n; i++)
+        free(got[i]);
+
+    char run[512], lat[512], osu[512], codec[512];
+    snprintf(run, sizeof(run), "%s/bin/crux-run", prefix);
+    snprintf(lat, sizeof(lat), "%s/bin/crux_allreduce_lat", prefix);
+    snprintf(osu, sizeof(osu), "%s/bin/crux_osu_allreduce", prefix);
+    snprintf(codec, sizeof(codec), "%s/bin/crux_codec_bench", prefix);
+    char *lat_argv[] = {run, "-n", "2", "--", lat, "-i", "20", "-x", "2", NULL};
+    run_expect(lat_argv, "# bytes iters t_min[us]");
+    char *osu_argv[] = {run, "-n", "2", "--", osu, "-m", "4:4", "-i", "10", "-x", "1", NULL};
+    run_expect(osu_argv, "# crux OSU-compatible Allreduce Latency Test");
+    char *codec_argv[] = {codec, "-n", "4096", "-i", "scalar", "-t", "0.0001", NULL};
+    run_expect(codec_argv, "sketch accumulate 5x52428");
 }

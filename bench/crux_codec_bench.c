@@ -1,7 +1,7 @@
-/* codec_bench.c - throughput of the compression kernels (lib/codec) per core, beside a
+/* crux_codec_bench.c - throughput of the compression kernels (lib/codec) per core, beside a
  * memory-bandwidth figure measured in the same run.
  *
- *   codec_bench [-n elements] [-i avx512|avx2|scalar|all] [-t seconds] [--threads N]
+ *   crux_codec_bench [-n elements] [-i avx512|avx2|scalar|all] [-t seconds] [--threads N]
  *
  * GB/s = 4 * n bytes (the dense float vector the kernel stands for) / time, whatever the
  * kernel really moves; so every row compares directly with "read pass" (sum |x| over the
@@ -135,7 +135,7 @@ static void bench_size(size_t n, const char *isa_arg)
     float *acc = aligned_alloc(64, n * 4), *g = aligned_alloc(64, n * 4);
     float *est = aligned_alloc(64, n * 4);
     if (!x || !m || !acc || !g || !est) {
-        fprintf(stderr, "codec_bench: out of memory for n=%zu\n", n);
+        fprintf(stderr, "crux_codec_bench: out of memory for n=%zu\n", n);
         exit(1);
     }
     fill_heavy(x, n, 1);
@@ -163,7 +163,7 @@ static void bench_size(size_t n, const char *isa_arg)
         size_t k = (size_t)((double)n * dens[d]);
         struct crux_topk_ws *ws;
         if (crux_topk_ws_create(n, k, &ws)) {
-            fprintf(stderr, "codec_bench: workspace\n");
+            fprintf(stderr, "crux_codec_bench: workspace\n");
             exit(1);
         }
         uint32_t *idx = malloc(k * 4), *idx2 = malloc(k * 4), *mi = malloc(2 * k * 4);
@@ -294,7 +294,7 @@ static void bench_threads(size_t n, int nthreads)
 {
     struct crux_pool *pool;
     if (crux_pool_create(nthreads, &pool)) {
-        fprintf(stderr, "codec_bench: no pool of %d threads\n", nthreads);
+        fprintf(stderr, "crux_codec_bench: no pool of %d threads\n", nthreads);
         exit(1);
     }
     int got = crux_pool_size(pool);
@@ -306,7 +306,7 @@ static void bench_threads(size_t n, int nthreads)
     float *val = malloc(kmax * 4);
     struct crux_topk_ws *ws;
     if (!x || !m || !g || !wire || !idx || !val || crux_topk_ws_create(n, kmax, &ws)) {
-        fprintf(stderr, "codec_bench: out of memory for n=%zu\n", n);
+        fprintf(stderr, "crux_codec_bench: out of memory for n=%zu\n", n);
         exit(1);
     }
     fill_heavy(x, n, 1);
@@ -374,11 +374,11 @@ int main(int argc, char **argv)
         } else if (!strcmp(argv[a], "--threads")) {
             threads = atoi(argv[a + 1]);
         } else {
-            fprintf(stderr, "usage: codec_bench [-n elements]... [-i avx512|avx2|scalar|all] [-t s] [--threads N]\n");
+            fprintf(stderr, "usage: crux_codec_bench [-n elements]... [-i avx512|avx2|scalar|all] [-t s] [--threads N]\n");
             return 2;
         }
     }
-    printf("# codec_bench: default ISA %s, one thread\n", crux_codec_isa());
+    printf("# crux_codec_bench: default ISA %s, one thread\n", crux_codec_isa());
     for (int s = 0; s < nsizes; s++)
         bench_size(sizes[s], isa);
     use_best_isa(isa);

@@ -491,6 +491,36 @@ Test(sketch, matches_naive_loop_bit_for_bit, .timeout = 60)
     free(x);
 }
 
+/* Global indices that pass 2^32-1 wrap to 0 (uint32_t), on every ISA: the vector paths
+ * step a*i + b by adds and must split the block there. */
+Test(sketch, index_wrap_matches_naive_on_every_isa)
+{
+    enum { N = 1000, ROWS = 3, COLS = 97 };
+    const uint32_t base = UINT32_MAX - 436;
+    float x[N], naive[ROWS * COLS] = {0};
+    uint64_t st = 23;
+    for (size_t i = 0; i < N; i++)
+        x[i] = (float)((int)(rng_next(&st) % 2001) - 1000) / 8;
+    struct crux_sketch s;
+    cr_assert_eq(crux_sketch_init(&s, ROWS, COLS, 6), CRUX_SUCCESS);
+    for (size_t i = 0; i < N; i++)
+        for (int j = 0; j < ROWS; j++) {
+            uint32_t gi = base + (uint32_t)i;
+            uint32_t c = codec_hash_col(s.hash_a[j], s.hash_b[j], COLS, gi);
+            uint32_t g = codec_hash_sign(s.sign_a[j], s.sign_b[j], gi);
+            naive[j * COLS + c] += g ? -x[i] : x[i];
+        }
+    const char *isas[3] = {"scalar", "avx2", "avx512"};
+    for (int k = 0; k < 3; k++) {
+        if (crux_codec_force_isa(isas[k]) != 0)
+            continue;
+        crux_sketch_zero(&s);
+        crux_sketch_accumulate(&s, x, N, base);
+        cr_assert_eq(memcmp(naive, s.table, sizeof naive), 0, "%s", isas[k]);
+    }
+    crux_sketch_free(&s);
+}
+
 Test(sketch, query_is_the_median_of_rows)
 {
     struct crux_sketch s;

@@ -165,4 +165,43 @@ T512 void codec_hash_avx512(const struct crux_sketch *s, int row, uint32_t base,
     if (t < cnt)
         codec_hash_scalar(s, row, base + (uint32_t)t, cnt - t, col + t, sgn + t);
 }
+
+/* a*i + b for i = base + first, base + first + 2, ... (8 lanes), as the scalar hash. */
+static inline __attribute__((always_inline)) T512 __m512i mad_lanes(uint64_t a, uint64_t b,
+                                                                    uint32_t base, uint32_t first)
+{
+    uint64_t v[8];
+    for (int k = 0; k < 8; k++)
+        v[k] = a * (uint32_t)(base + first + 2u * (uint32_t)k) + b;
+    return _mm512_loadu_si512(v);
+}
+
+/* 16 elements per step: even elements in the e lanes, odd ones in the o lanes, so the
+ * columns (high dword of h*cols) and signs (bit 63 of the sign hash) land in element
+ * order with one blend each. i advances by 16, so every lane adds 16a (no multiply). */
+T512 void codec_hash_val_avx512(const struct crux_sketch *s, int row, uint32_t base,
+                                const float *x, size_t cnt, uint32_t *col, float *val)
+{
+    const uint64_t a = s->hash_a[row], b = s->hash_b[row], sa = s->sign_a[row], sb = s->sign_b[row];
+    __m512i he = mad_lanes(a, b, base, 0), ho = mad_lanes(a, b, base, 1);
+    __m512i ge = mad_lanes(sa, sb, base, 0), go = mad_lanes(sa, sb, base, 1);
+    const __m512i da = _mm512_set1_epi64((long long)(a * 16)), dsa = _mm512_set1_epi64((long long)(sa * 16));
+    const __m512i cols = _mm512_set1_epi64((long long)(uint32_t)s->cols);
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
+    size_t t = 0;
+    for (; t + 16 <= cnt; t += 16) {
+        __m512i ce = _mm512_srli_epi64(_mm512_mul_epu32(_mm512_srli_epi64(he, 32), cols), 32);
+        __m512i co = _mm512_mul_epu32(_mm512_srli_epi64(ho, 32), cols);
+        _mm512_storeu_si512(col + t, _mm512_mask_blend_epi32(0xaaaa, ce, co));
+        __m512i sg = _mm512_mask_blend_epi32(0xaaaa, _mm512_srli_epi64(ge, 32), go);
+        __m512i xv = _mm512_loadu_si512(x + t);
+        _mm512_storeu_si512(val + t, _mm512_ternarylogic_epi32(xv, sg, sign, 0x78)); /* x^(sg&sign) */
+        he = _mm512_add_epi64(he, da);
+        ho = _mm512_add_epi64(ho, da);
+        ge = _mm512_add_epi64(ge, dsa);
+        go = _mm512_add_epi64(go, dsa);
+    }
+    if (t < cnt)
+        codec_hash_val_scalar(s, row, base + (uint32_t)t, x + t, cnt - t, col + t, val + t);
+}
 #endif

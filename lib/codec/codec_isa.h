@@ -73,6 +73,17 @@ void codec_hash_avx2(const struct crux_sketch *s, int row, uint32_t base, size_t
 void codec_hash_avx512(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
                        uint32_t *col, uint32_t *sgn);
 
+/* The same hash fused with the sign flip, for encoding: col[t] = column and val[t] = x[t]
+ * with its sign bit flipped where the row's sign is negative, for global indices
+ * base .. base+cnt-1, which must not wrap past 2^32-1 (the vector paths step a*i+b by
+ * adds; sketch.c splits a block at the wrap). */
+void codec_hash_val_scalar(const struct crux_sketch *s, int row, uint32_t base, const float *x,
+                           size_t cnt, uint32_t *col, float *val);
+void codec_hash_val_avx2(const struct crux_sketch *s, int row, uint32_t base, const float *x,
+                         size_t cnt, uint32_t *col, float *val);
+void codec_hash_val_avx512(const struct crux_sketch *s, int row, uint32_t base, const float *x,
+                           size_t cnt, uint32_t *col, float *val);
+
 /* The multiply-shift hash all paths implement: 64-bit a*i + b, top 32 bits, mapped to
  * [0, cols) by a 32x32->64 multiply (fastrange); sign = top bit of sa*i + sb. */
 static inline uint32_t codec_hash_col(uint64_t a, uint64_t b, uint32_t cols, uint32_t i)

@@ -2,9 +2,9 @@
  *
  * Row j sends index i to column fastrange(hi32(a_j*i + b_j), c) with sign bit
  * hi32(sa_j*i + sb_j) >> 31 (codec_isa.h), a_j and sa_j odd. x is processed in blocks
- * of BLOCK elements: the hashes of a block are computed in vector lanes (AVX-512 / AVX2 /
- * scalar, identical integers), then the signed values are added to the row with scalar
- * stores. Every cell receives its additions in increasing i on every path, so tables
+ * of BLOCK elements: the columns and signed values of a block are computed in vector
+ * lanes (AVX-512 / AVX2 / scalar, identical bits), then added to the row with scalar
+ * read-modify-writes. Every cell receives its additions in increasing i on every path, so tables
  * are bit-identical whatever the ISA.
  * The median of an even number of rows is the mean of the two middle estimates.
  */
@@ -19,7 +19,7 @@
 #include "crux.h"
 #include "log.h"
 
-#define BLOCK 512
+#define BLOCK 1024 /* elements hashed at a time: (column, value) pairs of 8 KiB, in L1 */
 
 static uint64_t splitmix64(uint64_t *s)
 {
@@ -68,6 +68,15 @@ void crux_sketch_zero(struct crux_sketch *s)
     memset(s->table, 0, (size_t)s->rows * (size_t)s->cols * sizeof(float));
 }
 
+static inline float flip(float v, uint32_t sign)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    u ^= sign;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
 void codec_hash_scalar(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
                        uint32_t *col, uint32_t *sgn)
 {
@@ -90,34 +99,79 @@ static void hash_block(const struct crux_sketch *s, int row, uint32_t base, size
     }
 }
 
-static inline float flip(float v, uint32_t sign)
+void codec_hash_val_scalar(const struct crux_sketch *s, int row, uint32_t base, const float *x,
+                           size_t cnt, uint32_t *col, float *val)
 {
-    uint32_t u;
-    memcpy(&u, &v, sizeof u);
-    u ^= sign;
-    memcpy(&v, &u, sizeof v);
-    return v;
+    for (size_t t = 0; t < cnt; t++) {
+        uint32_t i = base + (uint32_t)t;
+        col[t] = codec_hash_col(s->hash_a[row], s->hash_b[row], (uint32_t)s->cols, i);
+        val[t] = flip(x[t], codec_hash_sign(s->sign_a[row], s->sign_b[row], i));
+    }
 }
 
-/* Row-outer within chunks of CHUNK elements: while one row is updated only that row
- * (table/r bytes) is hot in L2/L3, and the next row re-reads the 4 MiB of x from L3.
- * Measured on 16.7M floats: 5 x 4 MiB table 263 -> ~140 ms against rows interleaved
- * every 512 elements, 3 x 4 MiB 143 -> ~95 ms. Each cell still receives its additions
- * in increasing i, so the table does not depend on CHUNK or the ISA. */
-#define CHUNK (1u << 20)
+static void hash_val_isa(const struct crux_sketch *s, int row, uint32_t base, const float *x,
+                         size_t cnt, uint32_t *col, float *val)
+{
+    switch (crux_codec_active_isa()) {
+#if defined(__x86_64__)
+    case CODEC_ISA_AVX512: codec_hash_val_avx512(s, row, base, x, cnt, col, val); return;
+    case CODEC_ISA_AVX2: codec_hash_val_avx2(s, row, base, x, cnt, col, val); return;
+#endif
+    default: codec_hash_val_scalar(s, row, base, x, cnt, col, val); return;
+    }
+}
+
+/* The vector paths need indices that do not wrap: split the block where i passes 2^32-1. */
+static void hash_val(const struct crux_sketch *s, int row, uint32_t base, const float *x,
+                     size_t cnt, uint32_t *col, float *val)
+{
+    uint64_t room = (uint64_t)UINT32_MAX - base + 1;
+    if ((uint64_t)cnt > room) {
+        hash_val_isa(s, row, base, x, (size_t)room, col, val);
+        base = 0;
+        x += room;
+        col += room;
+        val += room;
+        cnt -= (size_t)room;
+    }
+    hash_val_isa(s, row, base, x, cnt, col, val);
+}
+
+/* row[col[t]] += val[t] in t order. Unrolled so the loop overhead does not sit between
+ * the independent read-modify-writes; a repeated column is still added in order. */
+static void scatter_add_row(float *row, const uint32_t *col, const float *val, size_t cnt)
+{
+    size_t t = 0;
+    for (; t + 4 <= cnt; t += 4) {
+        row[col[t]] += val[t];
+        row[col[t + 1]] += val[t + 1];
+        row[col[t + 2]] += val[t + 2];
+        row[col[t + 3]] += val[t + 3];
+    }
+    for (; t < cnt; t++)
+        row[col[t]] += val[t];
+}
+
+/* Row-outer within chunks of CHUNK elements: the chunk of x (128 KiB) stays in L2 while
+ * every row passes over it, and while one row is updated only that row (table/r bytes)
+ * is hot. Each row hashes BLOCK elements at a time into (column, signed value) pairs in
+ * L1 with vectors, then adds them with scalar read-modify-writes (the scattered updates
+ * are the cost; LIMITS.md section 3). Each cell still receives its additions in
+ * increasing i, so the table does not depend on CHUNK, BLOCK or the ISA. */
+#define CHUNK (1u << 15)
 static void accumulate_rows(struct crux_sketch *s, const float *x, size_t n, uint32_t base,
                             int r0, int r1)
 {
-    uint32_t col[BLOCK], sgn[BLOCK];
+    uint32_t col[BLOCK];
+    float val[BLOCK];
     for (size_t c0 = 0; c0 < n; c0 += CHUNK) {
         size_t cend = n - c0 < CHUNK ? n : c0 + CHUNK;
         for (int j = r0; j < r1; j++) {
             float *row = s->table + (size_t)j * (size_t)s->cols;
             for (size_t off = c0; off < cend; off += BLOCK) {
                 size_t cnt = cend - off < BLOCK ? cend - off : BLOCK;
-                hash_block(s, j, base + (uint32_t)off, cnt, col, sgn);
-                for (size_t t = 0; t < cnt; t++)
-                    row[col[t]] += flip(x[off + t], sgn[t]);
+                hash_val(s, j, base + (uint32_t)off, x + off, cnt, col, val);
+                scatter_add_row(row, col, val, cnt);
             }
         }
     }
@@ -153,6 +207,8 @@ void crux_sketch_accumulate_pool(struct crux_pool *pool, struct crux_sketch *s, 
     crux_pool_run(s->rows > 1 && n >= 8192 ? pool : NULL, sketch_part, &j);
 }
 
+#define QBLOCK 512 /* elements estimated at a time (query, estimate) */
+
 /* Compare-exchange of two rows of lanes: lo = a < b ? a : b (exactly MINPS), hi =
  * b > a ? b : a (MAXPS(b, a)); with SSE explicitly, as the compiler emits branches
  * otherwise, which mispredict on random estimates. */
@@ -175,14 +231,14 @@ static void cmp_swap(float *restrict lo, float *restrict hi, size_t cnt)
 
 /* Odd-even transposition sort of e[0..r) per lane (r passes sort r values). The same
  * network serves one element (query) and a block (estimate): identical results. */
-static void sort_rows(float (*e)[BLOCK], int r, size_t cnt)
+static void sort_rows(float (*e)[QBLOCK], int r, size_t cnt)
 {
     for (int p = 0; p < r; p++)
         for (int j = p & 1; j + 1 < r; j += 2)
             cmp_swap(e[j], e[j + 1], cnt);
 }
 
-static inline float median_sorted(float (*e)[BLOCK], int r, size_t t)
+static inline float median_sorted(float (*e)[QBLOCK], int r, size_t t)
 {
     if (r & 1)
         return e[r / 2][t];
@@ -191,7 +247,7 @@ static inline float median_sorted(float (*e)[BLOCK], int r, size_t t)
 
 float crux_sketch_query(const struct crux_sketch *s, uint32_t i)
 {
-    float e[8][BLOCK];
+    float e[8][QBLOCK];
     for (int j = 0; j < s->rows; j++) {
         uint32_t c = codec_hash_col(s->hash_a[j], s->hash_b[j], (uint32_t)s->cols, i);
         uint32_t g = codec_hash_sign(s->sign_a[j], s->sign_b[j], i);
@@ -203,10 +259,10 @@ float crux_sketch_query(const struct crux_sketch *s, uint32_t i)
 
 void crux_sketch_estimate(const struct crux_sketch *s, size_t n, float *est)
 {
-    float e[8][BLOCK];
-    uint32_t col[BLOCK], sgn[BLOCK];
-    for (size_t off = 0; off < n; off += BLOCK) {
-        size_t cnt = n - off < BLOCK ? n - off : BLOCK;
+    float e[8][QBLOCK];
+    uint32_t col[QBLOCK], sgn[QBLOCK];
+    for (size_t off = 0; off < n; off += QBLOCK) {
+        size_t cnt = n - off < QBLOCK ? n - off : QBLOCK;
         for (int j = 0; j < s->rows; j++) {
             const float *row = s->table + (size_t)j * (size_t)s->cols;
             hash_block(s, j, (uint32_t)off, cnt, col, sgn);

@@ -521,6 +521,33 @@ Test(sketch, index_wrap_matches_naive_on_every_isa)
     crux_sketch_free(&s);
 }
 
+/* crux_sketch_estimate hashes a block per row with the active ISA; crux_sketch_query
+ * hashes one index in scalar code: the same bits for every element, on every ISA. */
+Test(sketch, estimate_equals_query_on_every_isa)
+{
+    enum { N = 5003, COLS = 61 };
+    static float x[N], est[N];
+    uint64_t st = 31;
+    for (size_t i = 0; i < N; i++)
+        x[i] = (float)((int)(rng_next(&st) % 2001) - 1000) / 16;
+    const char *isas[3] = {"scalar", "avx2", "avx512"};
+    for (int rows = 3; rows <= 4; rows++) {
+        struct crux_sketch s;
+        cr_assert_eq(crux_sketch_init(&s, rows, COLS, 12), CRUX_SUCCESS);
+        for (int k = 0; k < 3; k++) {
+            if (crux_codec_force_isa(isas[k]) != 0)
+                continue;
+            crux_sketch_zero(&s);
+            crux_sketch_accumulate(&s, x, N, 0);
+            crux_sketch_estimate(&s, N, est);
+            for (uint32_t i = 0; i < N; i++)
+                cr_assert_eq(fbits(est[i]), fbits(crux_sketch_query(&s, i)), "%s rows=%d i=%u",
+                             isas[k], rows, i);
+        }
+        crux_sketch_free(&s);
+    }
+}
+
 Test(sketch, query_is_the_median_of_rows)
 {
     struct crux_sketch s;

@@ -96,48 +96,6 @@ T256 size_t codec_compact_acc_avx2(float *acc, const float *mem, const float *gr
     return rest > cap - cnt ? cap + 1 : cnt + rest;
 }
 
-/* a*i + b mod 2^64 for the four 32-bit i in the low halves of the 64-bit lanes of iv
- * (a = ah*2^32 + al, so a*i = al*i + ((ah*i) << 32)). */
-static inline __attribute__((always_inline)) T256 __m256i mad64(__m256i iv, __m256i al,
-                                                                __m256i ah, __m256i b)
-{
-    __m256i lo = _mm256_mul_epu32(iv, al);
-    __m256i hi = _mm256_slli_epi64(_mm256_mul_epu32(iv, ah), 32);
-    return _mm256_add_epi64(_mm256_add_epi64(lo, hi), b);
-}
-
-T256 void codec_hash_avx2(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
-                          uint32_t *col, uint32_t *sgn)
-{
-    const uint64_t a = s->hash_a[row], sa = s->sign_a[row];
-    const __m256i al = _mm256_set1_epi64x((long long)(a & 0xffffffffu));
-    const __m256i ah = _mm256_set1_epi64x((long long)(a >> 32));
-    const __m256i b = _mm256_set1_epi64x((long long)s->hash_b[row]);
-    const __m256i sal = _mm256_set1_epi64x((long long)(sa & 0xffffffffu));
-    const __m256i sah = _mm256_set1_epi64x((long long)(sa >> 32));
-    const __m256i sb = _mm256_set1_epi64x((long long)s->sign_b[row]);
-    const __m256i cols = _mm256_set1_epi64x((long long)(uint32_t)s->cols);
-    const __m256i lo32 = _mm256_set1_epi64x(0xffffffffll);
-    const __m256i sign_lo = _mm256_set1_epi64x(0x80000000ll);
-    const __m256i sign_hi = _mm256_set1_epi64x((long long)0x8000000000000000ull);
-    __m256i iv = _mm256_add_epi32(_mm256_set1_epi32((int)base), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    size_t t = 0;
-    for (; t + 8 <= cnt; t += 8) {
-        __m256i ie = iv, io = _mm256_srli_epi64(iv, 32); /* elements 0,2,4,6 and 1,3,5,7 */
-        __m256i he = _mm256_srli_epi64(mad64(ie, al, ah, b), 32);
-        __m256i ho = _mm256_srli_epi64(mad64(io, al, ah, b), 32);
-        __m256i ce = _mm256_srli_epi64(_mm256_mul_epu32(he, cols), 32);
-        __m256i co = _mm256_andnot_si256(lo32, _mm256_mul_epu32(ho, cols)); /* high dword */
-        _mm256_storeu_si256((__m256i *)(col + t), _mm256_or_si256(ce, co));
-        __m256i se = _mm256_and_si256(_mm256_srli_epi64(mad64(ie, sal, sah, sb), 32), sign_lo);
-        __m256i so = _mm256_and_si256(mad64(io, sal, sah, sb), sign_hi);
-        _mm256_storeu_si256((__m256i *)(sgn + t), _mm256_or_si256(se, so));
-        iv = _mm256_add_epi32(iv, _mm256_set1_epi32(8));
-    }
-    if (t < cnt)
-        codec_hash_scalar(s, row, base + (uint32_t)t, cnt - t, col + t, sgn + t);
-}
-
 /* a*i + b for i = base + first, base + first + 2, ... (4 lanes), as the scalar hash. */
 static inline __attribute__((always_inline)) T256 __m256i mad_lanes(uint64_t a, uint64_t b,
                                                                     uint32_t base, uint32_t first)
@@ -148,9 +106,10 @@ static inline __attribute__((always_inline)) T256 __m256i mad_lanes(uint64_t a, 
     return _mm256_loadu_si256((const __m256i *)v);
 }
 
-/* codec_hash_val_avx512 with 8 elements per step (even / odd lanes, i steps by adds). */
-T256 void codec_hash_val_avx2(const struct crux_sketch *s, int row, uint32_t base, const float *x,
-                              size_t cnt, uint32_t *col, float *val)
+/* codec_avx512.c's hash16 with 8 elements per step (even / odd lanes, i steps by adds). */
+static inline __attribute__((always_inline)) T256 void
+hash8(const struct crux_sketch *s, int row, uint32_t base, const float *x, size_t cnt,
+      uint32_t *col, uint32_t *out)
 {
     const uint64_t a = s->hash_a[row], b = s->hash_b[row], sa = s->sign_a[row], sb = s->sign_b[row];
     __m256i he = mad_lanes(a, b, base, 0), ho = mad_lanes(a, b, base, 1);
@@ -158,19 +117,35 @@ T256 void codec_hash_val_avx2(const struct crux_sketch *s, int row, uint32_t bas
     const __m256i da = _mm256_set1_epi64x((long long)(a * 8)), dsa = _mm256_set1_epi64x((long long)(sa * 8));
     const __m256i cols = _mm256_set1_epi64x((long long)(uint32_t)s->cols);
     const __m256i sign = _mm256_set1_epi32((int)0x80000000u);
-    size_t t = 0;
-    for (; t + 8 <= cnt; t += 8) {
+    for (size_t t = 0; t + 8 <= cnt; t += 8) {
         __m256i ce = _mm256_srli_epi64(_mm256_mul_epu32(_mm256_srli_epi64(he, 32), cols), 32);
         __m256i co = _mm256_mul_epu32(_mm256_srli_epi64(ho, 32), cols);
         _mm256_storeu_si256((__m256i *)(col + t), _mm256_blend_epi32(ce, co, 0xaa));
         __m256i sg = _mm256_and_si256(_mm256_blend_epi32(_mm256_srli_epi64(ge, 32), go, 0xaa), sign);
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(x + t));
-        _mm256_storeu_si256((__m256i *)(val + t), _mm256_xor_si256(xv, sg));
+        if (x)
+            sg = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(x + t)), sg);
+        _mm256_storeu_si256((__m256i *)(out + t), sg);
         he = _mm256_add_epi64(he, da);
         ho = _mm256_add_epi64(ho, da);
         ge = _mm256_add_epi64(ge, dsa);
         go = _mm256_add_epi64(go, dsa);
     }
+}
+
+T256 void codec_hash_avx2(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
+                          uint32_t *col, uint32_t *sgn)
+{
+    hash8(s, row, base, NULL, cnt, col, sgn);
+    size_t t = cnt & ~(size_t)7;
+    if (t < cnt)
+        codec_hash_scalar(s, row, base + (uint32_t)t, cnt - t, col + t, sgn + t);
+}
+
+T256 void codec_hash_val_avx2(const struct crux_sketch *s, int row, uint32_t base, const float *x,
+                              size_t cnt, uint32_t *col, float *val)
+{
+    hash8(s, row, base, x, cnt, col, (uint32_t *)val);
+    size_t t = cnt & ~(size_t)7;
     if (t < cnt)
         codec_hash_val_scalar(s, row, base + (uint32_t)t, x + t, cnt - t, col + t, val + t);
 }

@@ -141,31 +141,6 @@ T512 size_t codec_sweep_avx512(const uint32_t *in_idx, const float *in_val, size
     return o;
 }
 
-T512 void codec_hash_avx512(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
-                            uint32_t *col, uint32_t *sgn)
-{
-    const __m512i a = _mm512_set1_epi64((long long)s->hash_a[row]);
-    const __m512i b = _mm512_set1_epi64((long long)s->hash_b[row]);
-    const __m512i sa = _mm512_set1_epi64((long long)s->sign_a[row]);
-    const __m512i sb = _mm512_set1_epi64((long long)s->sign_b[row]);
-    const __m512i cols = _mm512_set1_epi64((long long)(uint32_t)s->cols);
-    const __m512i sign = _mm512_set1_epi64(0x80000000ll);
-    __m256i iv = _mm256_add_epi32(_mm256_set1_epi32((int)base), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    size_t t = 0;
-    for (; t + 8 <= cnt; t += 8) {
-        __m512i i64 = _mm512_cvtepu32_epi64(iv);
-        __m512i h = _mm512_srli_epi64(_mm512_add_epi64(_mm512_mullo_epi64(i64, a), b), 32);
-        __m512i c = _mm512_srli_epi64(_mm512_mul_epu32(h, cols), 32);
-        __m512i sg = _mm512_and_si512(
-            _mm512_srli_epi64(_mm512_add_epi64(_mm512_mullo_epi64(i64, sa), sb), 32), sign);
-        _mm256_storeu_si256((__m256i *)(col + t), _mm512_cvtepi64_epi32(c));
-        _mm256_storeu_si256((__m256i *)(sgn + t), _mm512_cvtepi64_epi32(sg));
-        iv = _mm256_add_epi32(iv, _mm256_set1_epi32(8));
-    }
-    if (t < cnt)
-        codec_hash_scalar(s, row, base + (uint32_t)t, cnt - t, col + t, sgn + t);
-}
-
 /* a*i + b for i = base + first, base + first + 2, ... (8 lanes), as the scalar hash. */
 static inline __attribute__((always_inline)) T512 __m512i mad_lanes(uint64_t a, uint64_t b,
                                                                     uint32_t base, uint32_t first)
@@ -178,9 +153,11 @@ static inline __attribute__((always_inline)) T512 __m512i mad_lanes(uint64_t a, 
 
 /* 16 elements per step: even elements in the e lanes, odd ones in the o lanes, so the
  * columns (high dword of h*cols) and signs (bit 63 of the sign hash) land in element
- * order with one blend each. i advances by 16, so every lane adds 16a (no multiply). */
-T512 void codec_hash_val_avx512(const struct crux_sketch *s, int row, uint32_t base,
-                                const float *x, size_t cnt, uint32_t *col, float *val)
+ * order with one blend each. i advances by 16, so every lane adds 16a (no multiply).
+ * out[t] = x[t] with the sign applied, or the sign bit alone when x is NULL. */
+static inline __attribute__((always_inline)) T512 void
+hash16(const struct crux_sketch *s, int row, uint32_t base, const float *x, size_t cnt,
+       uint32_t *col, uint32_t *out)
 {
     const uint64_t a = s->hash_a[row], b = s->hash_b[row], sa = s->sign_a[row], sb = s->sign_b[row];
     __m512i he = mad_lanes(a, b, base, 0), ho = mad_lanes(a, b, base, 1);
@@ -188,19 +165,37 @@ T512 void codec_hash_val_avx512(const struct crux_sketch *s, int row, uint32_t b
     const __m512i da = _mm512_set1_epi64((long long)(a * 16)), dsa = _mm512_set1_epi64((long long)(sa * 16));
     const __m512i cols = _mm512_set1_epi64((long long)(uint32_t)s->cols);
     const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
-    size_t t = 0;
-    for (; t + 16 <= cnt; t += 16) {
+    for (size_t t = 0; t + 16 <= cnt; t += 16) {
         __m512i ce = _mm512_srli_epi64(_mm512_mul_epu32(_mm512_srli_epi64(he, 32), cols), 32);
         __m512i co = _mm512_mul_epu32(_mm512_srli_epi64(ho, 32), cols);
         _mm512_storeu_si512(col + t, _mm512_mask_blend_epi32(0xaaaa, ce, co));
         __m512i sg = _mm512_mask_blend_epi32(0xaaaa, _mm512_srli_epi64(ge, 32), go);
-        __m512i xv = _mm512_loadu_si512(x + t);
-        _mm512_storeu_si512(val + t, _mm512_ternarylogic_epi32(xv, sg, sign, 0x78)); /* x^(sg&sign) */
+        if (x) /* x ^ (sg & sign) */
+            sg = _mm512_ternarylogic_epi32(_mm512_loadu_si512(x + t), sg, sign, 0x78);
+        else
+            sg = _mm512_and_si512(sg, sign);
+        _mm512_storeu_si512(out + t, sg);
         he = _mm512_add_epi64(he, da);
         ho = _mm512_add_epi64(ho, da);
         ge = _mm512_add_epi64(ge, dsa);
         go = _mm512_add_epi64(go, dsa);
     }
+}
+
+T512 void codec_hash_avx512(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
+                            uint32_t *col, uint32_t *sgn)
+{
+    hash16(s, row, base, NULL, cnt, col, sgn);
+    size_t t = cnt & ~(size_t)15;
+    if (t < cnt)
+        codec_hash_scalar(s, row, base + (uint32_t)t, cnt - t, col + t, sgn + t);
+}
+
+T512 void codec_hash_val_avx512(const struct crux_sketch *s, int row, uint32_t base,
+                                const float *x, size_t cnt, uint32_t *col, float *val)
+{
+    hash16(s, row, base, x, cnt, col, (uint32_t *)val);
+    size_t t = cnt & ~(size_t)15;
     if (t < cnt)
         codec_hash_val_scalar(s, row, base + (uint32_t)t, x + t, cnt - t, col + t, val + t);
 }

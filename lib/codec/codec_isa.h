@@ -64,8 +64,9 @@ int codec_topk_last_path(const struct crux_topk_ws *ws);
 /* Safety margin of the sampled threshold in binomial standard deviations (default 3). */
 void codec_topk_set_margin(struct crux_topk_ws *ws, double z);
 
-/* Sketch hashing of row `row` for global indices base .. base+cnt-1:
- * col[t] = column, sgn[t] = 0x80000000 if the sign is negative else 0. */
+/* Sketch hashing of row `row` for global indices base .. base+cnt-1 (no wrap past
+ * 2^32-1 on the vector paths, as below): col[t] = column, sgn[t] = 0x80000000 if the
+ * sign is negative else 0. */
 void codec_hash_scalar(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
                        uint32_t *col, uint32_t *sgn);
 void codec_hash_avx2(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,

@@ -87,8 +87,8 @@ void codec_hash_scalar(const struct crux_sketch *s, int row, uint32_t base, size
     }
 }
 
-static void hash_block(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
-                       uint32_t *col, uint32_t *sgn)
+static void hash_block_isa(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
+                           uint32_t *col, uint32_t *sgn)
 {
     switch (crux_codec_active_isa()) {
 #if defined(__x86_64__)
@@ -97,6 +97,19 @@ static void hash_block(const struct crux_sketch *s, int row, uint32_t base, size
 #endif
     default: codec_hash_scalar(s, row, base, cnt, col, sgn); return;
     }
+}
+
+/* The vector paths need indices that do not wrap: split the block where i passes 2^32-1. */
+static void hash_block(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
+                       uint32_t *col, uint32_t *sgn)
+{
+    uint64_t room = (uint64_t)UINT32_MAX - base + 1;
+    if ((uint64_t)cnt > room) {
+        hash_block_isa(s, row, base, (size_t)room, col, sgn);
+        hash_block_isa(s, row, 0, cnt - (size_t)room, col + room, sgn + room);
+        return;
+    }
+    hash_block_isa(s, row, base, cnt, col, sgn);
 }
 
 void codec_hash_val_scalar(const struct crux_sketch *s, int row, uint32_t base, const float *x,
@@ -128,11 +141,8 @@ static void hash_val(const struct crux_sketch *s, int row, uint32_t base, const 
     uint64_t room = (uint64_t)UINT32_MAX - base + 1;
     if ((uint64_t)cnt > room) {
         hash_val_isa(s, row, base, x, (size_t)room, col, val);
-        base = 0;
-        x += room;
-        col += room;
-        val += room;
-        cnt -= (size_t)room;
+        hash_val_isa(s, row, 0, x + room, cnt - (size_t)room, col + room, val + room);
+        return;
     }
     hash_val_isa(s, row, base, x, cnt, col, val);
 }

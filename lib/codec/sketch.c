@@ -239,13 +239,13 @@ static void cmp_swap(float *restrict lo, float *restrict hi, size_t cnt)
     }
 }
 
-/* Odd-even transposition sort of e[0..r) per lane (r passes sort r values). The same
- * network serves one element (query) and a block (estimate): identical results. */
-static void sort_rows(float (*e)[QBLOCK], int r, size_t cnt)
+/* Odd-even transposition sort of e[0..r) per lane from..cnt-1 (r passes sort r values).
+ * The same network serves one element (query) and a block (estimate): identical results. */
+static void sort_rows(float (*e)[QBLOCK], int r, size_t from, size_t cnt)
 {
     for (int p = 0; p < r; p++)
         for (int j = p & 1; j + 1 < r; j += 2)
-            cmp_swap(e[j], e[j + 1], cnt);
+            cmp_swap(e[j] + from, e[j + 1] + from, cnt - from);
 }
 
 static inline float median_sorted(float (*e)[QBLOCK], int r, size_t t)
@@ -253,6 +253,51 @@ static inline float median_sorted(float (*e)[QBLOCK], int r, size_t t)
     if (r & 1)
         return e[r / 2][t];
     return 0.5f * (e[r / 2 - 1][t] + e[r / 2][t]);
+}
+
+#ifdef __SSE2__
+/* sort_rows + median_sorted for lanes t..t+3 with the lanes kept in registers (r is a
+ * constant once inlined): the same MINPS/MAXPS network, so the same bits, without
+ * storing and reloading every row at every compare-exchange. */
+static inline __attribute__((always_inline)) void median4(float (*e)[QBLOCK], const int r,
+                                                          size_t t, float *out)
+{
+    __m128 v[8];
+    for (int j = 0; j < r; j++)
+        v[j] = _mm_loadu_ps(e[j] + t);
+    for (int p = 0; p < r; p++)
+        for (int j = p & 1; j + 1 < r; j += 2) {
+            __m128 a = v[j], b = v[j + 1];
+            v[j] = _mm_min_ps(a, b);
+            v[j + 1] = _mm_max_ps(b, a);
+        }
+    if (r & 1)
+        _mm_storeu_ps(out, v[r / 2]);
+    else
+        _mm_storeu_ps(out, _mm_mul_ps(_mm_set1_ps(0.5f), _mm_add_ps(v[(r - 1) / 2], v[r / 2])));
+}
+#define MEDIAN4_ROWS(R)                                                                            \
+    case R:                                                                                        \
+        for (; t + 4 <= cnt; t += 4)                                                               \
+            median4(e, R, t, out + t);                                                             \
+        break;
+#endif
+
+/* out[t] = median over the r rows of e[.][t], t < cnt (e is sorted in place for the tail). */
+static void median_block(float (*e)[QBLOCK], int r, size_t cnt, float *out)
+{
+    size_t t = 0;
+#ifdef __SSE2__
+    switch (r) {
+        MEDIAN4_ROWS(1) MEDIAN4_ROWS(2) MEDIAN4_ROWS(3) MEDIAN4_ROWS(4)
+        MEDIAN4_ROWS(5) MEDIAN4_ROWS(6) MEDIAN4_ROWS(7) MEDIAN4_ROWS(8)
+    }
+#endif
+    if (t == cnt)
+        return;
+    sort_rows(e, r, t, cnt);
+    for (; t < cnt; t++)
+        out[t] = median_sorted(e, r, t);
 }
 
 float crux_sketch_query(const struct crux_sketch *s, uint32_t i)
@@ -263,8 +308,9 @@ float crux_sketch_query(const struct crux_sketch *s, uint32_t i)
         uint32_t g = codec_hash_sign(s->sign_a[j], s->sign_b[j], i);
         e[j][0] = flip(s->table[(size_t)j * (size_t)s->cols + c], g);
     }
-    sort_rows(e, s->rows, 1);
-    return median_sorted(e, s->rows, 0);
+    float m;
+    median_block(e, s->rows, 1, &m);
+    return m;
 }
 
 void crux_sketch_estimate(const struct crux_sketch *s, size_t n, float *est)
@@ -279,9 +325,7 @@ void crux_sketch_estimate(const struct crux_sketch *s, size_t n, float *est)
             for (size_t t = 0; t < cnt; t++)
                 e[j][t] = flip(row[col[t]], sgn[t]);
         }
-        sort_rows(e, s->rows, cnt);
-        for (size_t t = 0; t < cnt; t++)
-            est[off + t] = median_sorted(e, s->rows, t);
+        median_block(e, s->rows, cnt, est + off);
     }
 }
 

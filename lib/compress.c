@@ -732,30 +732,55 @@ void cx_write_out(struct crux_compressor *c, size_t chunk, float *out, const uin
                   const float *val, size_t k)
 {
     size_t off = cx_chunk_off(c, chunk), len = cx_chunk_len(c, chunk);
+    if (c->add_out) {
+        crux_scatter_add(out + off, idx, val, k);
+        return;
+    }
     memset(out + off, 0, len * 4);
     crux_scatter(out + off, idx, val, k);
 }
 
 /* ------------------------------------------------------------- the call --- */
 
-int crux_compressed_allreduce(crux_compressor_t c, const float *grad, float *out)
+/* The adding form needs an estimate that is final before out is touched (one rounding
+ * per entry: out + sum) and an out that grad does not share. */
+static int cx_check_add(const struct crux_compressor *c, const float *grad, const float *out)
 {
-    if (!c || !grad || !out) {
-        crux_error(CRUX_SUBSYS_CODEC, "crux_compressed_allreduce: %s is NULL",
-                   !c ? "compressor" : !grad ? "grad" : "out");
+    const char *fn = "crux_compressed_allreduce_add";
+    if (c->cfg.codec == CRUX_CODEC_TOPK || c->cfg.codec == CRUX_CODEC_QSGD) {
+        crux_error(CRUX_SUBSYS_CODEC, "%s: codec %s sums the ranks' blocks in out itself; it "
+                   "takes only crux_compressed_allreduce", fn, codec_name(c->cfg.codec));
         return CRUX_ERR_ARG;
     }
+    if (cx_overlaps(grad, out, c->n)) {
+        crux_error(CRUX_SUBSYS_CODEC, "%s: out overlaps grad (%p, %p, %zu floats); it must be a "
+                   "separate buffer", fn, (const void *)grad, (const void *)out, c->n);
+        return CRUX_ERR_ARG;
+    }
+    return CRUX_SUCCESS;
+}
+
+static int cx_call(crux_compressor_t c, const float *grad, float *out, int add)
+{
+    const char *fn = add ? "crux_compressed_allreduce_add" : "crux_compressed_allreduce";
+    if (!c || !grad || !out) {
+        crux_error(CRUX_SUBSYS_CODEC, "%s: %s is NULL", fn, !c ? "compressor" : !grad ? "grad" : "out");
+        return CRUX_ERR_ARG;
+    }
+    if (add)
+        CRUX_TRY(cx_check_add(c, grad, out));
     struct crux_ctx *ctx = c->comm->ctx;
     if (ctx->broken) {
-        crux_error(CRUX_SUBSYS_CODEC, "crux_compressed_allreduce: an earlier collective failed (%s)",
+        crux_error(CRUX_SUBSYS_CODEC, "%s: an earlier collective failed (%s)", fn,
                    crux_error_string(ctx->broken));
         return ctx->broken;
     }
     if (ctx->req_head) {
-        crux_error(CRUX_SUBSYS_CODEC, "crux_compressed_allreduce: complete the outstanding "
-                   "nonblocking requests first (crux_wait)");
+        crux_error(CRUX_SUBSYS_CODEC, "%s: complete the outstanding nonblocking requests first "
+                   "(crux_wait)", fn);
         return CRUX_ERR_ARG;
     }
+    c->add_out = add;
     uint64_t dense = c->st.dense_bytes, ring = c->st.ring_bytes;
     memset(&c->st, 0, sizeof(c->st));
     c->st.dense_bytes = dense;
@@ -779,6 +804,16 @@ int crux_compressed_allreduce(crux_compressor_t c, const float *grad, float *out
                c->st.wire_bytes);
     c->calls++;
     return rc;
+}
+
+int crux_compressed_allreduce(crux_compressor_t c, const float *grad, float *out)
+{
+    return cx_call(c, grad, out, 0);
+}
+
+int crux_compressed_allreduce_add(crux_compressor_t c, const float *grad, float *out)
+{
+    return cx_call(c, grad, out, 1);
 }
 
 /* DGC warm-up (Lin et al. Sec. 3.4) lowers the density epoch by epoch; the buffers were

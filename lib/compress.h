@@ -50,6 +50,7 @@ struct crux_compressor {
     size_t kmax;                /* largest per-chunk k */
     size_t cand_max;            /* largest sketch candidate count (2k) */
     uint64_t calls;             /* t: leader of CLT-k is t mod P */
+    int add_out;                /* this call adds into out (crux_compressed_allreduce_add) */
     float *mem, *acc;           /* [n] memory and memory + grad (acc == mem for residual;
                                    DGC: mem = v) */
     float *mom;                 /* [n] DGC momentum u (CRUX_MEMORY_MOMENTUM) */
@@ -139,7 +140,7 @@ void cx_zero_out(float *out, const float *grad, size_t n, size_t off, size_t m);
 void cx_zero_out_pooled(struct crux_compressor *c, float *out, const float *grad, size_t off, size_t m);
 /* Memory update of a chunk after sent[0..k) (chunk-relative, ascending) left. */
 void cx_mem_update(struct crux_compressor *c, size_t chunk, const uint32_t *sent, size_t k);
-/* out[chunk] = 0 except out[idx] = val. */
+/* out[chunk] = 0 except out[idx] = val; with c->add_out only out[idx] += val. */
 void cx_write_out(struct crux_compressor *c, size_t chunk, float *out, const uint32_t *idx,
                   const float *val, size_t k);
 

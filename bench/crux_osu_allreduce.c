@@ -30,6 +30,8 @@
  * bytes each rank put on the wire. With --busbw: Algbw/Busbw are the
  * dense-equivalent figures (the size as if sent dense), WireBW is the wire bytes a
  * rank sent per second (already the per-rank traffic, so no 2(n-1)/n factor).
+ * --add times crux_compressed_allreduce_add (out += estimate) instead: the output
+ * buffer is left as it is between iterations, only the kept entries are added.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -59,6 +61,7 @@ struct opts {
     size_t min_size, max_size;
     int iters, skip, iters_large, skip_large, warmup_validation;
     int full, validate, in_place, busbw;
+    int add; /* --add: crux_compressed_allreduce_add */
     crux_compress_config_t ccfg; /* ccfg.codec == CRUX_CODEC_NONE: dense allreduce */
     double density;
     float beta;
@@ -241,6 +244,7 @@ static void usage(const char *prog)
            "      --beta B                  low-pass beta for cltk (default 1 = residual), momentum for topk (0.9)\n"
            "      --levels S                qsgd levels (default 7: 4-bit codes)\n"
            "      --sketch-rows R, --sketch-cols C  sketch shape (default derived)\n"
+           "      --add                     time crux_compressed_allreduce_add (out += estimate)\n"
            "  -v, --version                 print the version\n"
            "  -h, --help                    this help\n",
            prog, MIN_MESSAGE_SIZE, MAX_MSG_SIZE_COLL, COLL_LOOP_SMALL, LARGE_MESSAGE_SIZE,
@@ -278,6 +282,7 @@ static enum parse_result parse_options(int argc, char **argv, struct opts *o)
         { "levels", required_argument, NULL, 1006 },
         { "sketch-rows", required_argument, NULL, 1004 },
         { "sketch-cols", required_argument, NULL, 1005 },
+        { "add", no_argument, NULL, 1007 },
         { "version", no_argument, NULL, 'v' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -353,6 +358,9 @@ static enum parse_result parse_options(int argc, char **argv, struct opts *o)
             if (parse_int(optarg, 0, &o->sketch_cols))
                 return PARSE_BAD;
             break;
+        case 1007:
+            o->add = 1;
+            break;
         case 'v': return PARSE_VERSION;
         case 'h': return PARSE_HELP;
         default: return PARSE_BAD;
@@ -363,6 +371,11 @@ static enum parse_result parse_options(int argc, char **argv, struct opts *o)
     if (optind < argc) {
         o->bad_opt = 0;
         o->bad_arg = argv[optind];
+        return PARSE_BAD;
+    }
+    if (o->add && o->ccfg.codec == CRUX_CODEC_NONE) {
+        o->bad_opt = 0;
+        o->bad_arg = "--add needs --codec";
         return PARSE_BAD;
     }
     if (o->ccfg.codec != CRUX_CODEC_NONE) {
@@ -636,8 +649,9 @@ static long run_size_codec(struct bench *b, size_t size)
     check_crux(b, crux_barrier(b->comm), "crux_barrier", size);
     for (int it = 0; it < iters + skip; it++) {
         double t0 = crux_wtime();
-        check_crux(b, crux_compressed_allreduce(c, (const float *)b->sendbuf, (float *)b->recvbuf),
-                   "crux_compressed_allreduce", size);
+        int rc = o->add ? crux_compressed_allreduce_add(c, (const float *)b->sendbuf, (float *)b->recvbuf)
+                        : crux_compressed_allreduce(c, (const float *)b->sendbuf, (float *)b->recvbuf);
+        check_crux(b, rc, o->add ? "crux_compressed_allreduce_add" : "crux_compressed_allreduce", size);
         double t1 = crux_wtime();
         check_crux(b, crux_barrier(b->comm), "crux_barrier", size);
         if (it < skip)
@@ -794,9 +808,9 @@ int main(int argc, char **argv)
     if (b.rank == 0)
         printf("\n# crux OSU-compatible Allreduce Latency Test v%s\n", CRUX_VERSION_STRING);
     if (b.rank == 0 && b.o.ccfg.codec != CRUX_CODEC_NONE)
-        printf("# Compressed: codec %s, density %g, beta %g\n",
+        printf("# Compressed: codec %s, density %g, beta %g%s\n",
                codec_name(b.o.ccfg.codec),
-               b.o.density, (double)b.o.ccfg.beta);
+               b.o.density, (double)b.o.ccfg.beta, b.o.add ? ", out += estimate (--add)" : "");
     for (int d = 0; d < b.o.ndtypes && failed_size == 0; d++)
         failed_size = run_dtype(&b, b.o.dtypes[d]);
 

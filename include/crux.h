@@ -189,6 +189,16 @@ int crux_compressor_create(crux_comm_t comm, size_t count, const crux_compress_c
 /* out = estimate of the SUM over ranks of grad (+ this rank's memory); identical on
  * all ranks. grad and out hold count floats; out may equal grad. */
 int crux_compressed_allreduce(crux_compressor_t c, const float *grad, float *out);
+/* Opt-in adding form, for callers that consume the estimate by adding it somewhere
+ * (an update or gradient-sum buffer they clear themselves): out[i] += estimate[i] at
+ * the entries the estimate keeps (one float addition each, out + sum), and every
+ * other entry of out is left untouched (not read, not written). Communication,
+ * memories and the estimate are exactly those of crux_compressed_allreduce; it only
+ * skips writing count floats of zeros, a quarter of CLT-k's memory traffic. Codecs
+ * CLTK, GTOPK and SKETCH (TOPK and QSGD sum the ranks' blocks in out itself:
+ * CRUX_ERR_ARG); out must not overlap grad (CRUX_ERR_ARG). Both checks come before
+ * anything is sent. Calls of both forms may alternate on one compressor. */
+int crux_compressed_allreduce_add(crux_compressor_t c, const float *grad, float *out);
 
 /* Bytes: wire_bytes counts the payload of every message this rank sent during the
  * call (transport headers excluded), whatever it carries: indices, values, sketches,

@@ -50,6 +50,8 @@ struct crux_compressor {
     size_t kmax;                /* largest per-chunk k */
     size_t cand_max;            /* largest sketch candidate count (2k) */
     uint64_t calls;             /* t: leader of CLT-k is t mod P */
+    int add_out;                /* this call adds into out (crux_compressed_allreduce_add) */
+    int zero_wide;              /* cx_zero_wide(), probed at create */
     float *mem, *acc;           /* [n] memory and memory + grad (acc == mem for residual;
                                    DGC: mem = v) */
     float *mom;                 /* [n] DGC momentum u (CRUX_MEMORY_MOMENTUM) */
@@ -133,13 +135,16 @@ int cx_accumulate(struct crux_compressor *c, size_t chunk, const float *grad);
 /* The same, and out[chunk] = 0 in the same pass (out may be grad). */
 int cx_accumulate_zero(struct crux_compressor *c, size_t chunk, const float *grad, float *out);
 /* out[off, off+m) = 0 once grad there was read (out may be grad): plain stores when they
- * alias (the lines are cached), non-temporal ones into a separate out. */
-void cx_zero_out(float *out, const float *grad, size_t n, size_t off, size_t m);
+ * alias (the lines are cached), non-temporal ones into a separate out (64-byte ones when
+ * wide, see cx_zero_wide). */
+void cx_zero_out(float *out, const float *grad, size_t n, size_t off, size_t m, int wide);
+/* Whether this CPU has 64-byte non-temporal stores (AVX-512F). */
+int cx_zero_wide(void);
 /* The same for a block grad no longer needs, split over the encode pool. */
 void cx_zero_out_pooled(struct crux_compressor *c, float *out, const float *grad, size_t off, size_t m);
 /* Memory update of a chunk after sent[0..k) (chunk-relative, ascending) left. */
 void cx_mem_update(struct crux_compressor *c, size_t chunk, const uint32_t *sent, size_t k);
-/* out[chunk] = 0 except out[idx] = val. */
+/* out[chunk] = 0 except out[idx] = val; with c->add_out only out[idx] += val. */
 void cx_write_out(struct crux_compressor *c, size_t chunk, float *out, const uint32_t *idx,
                   const float *val, size_t k);
 

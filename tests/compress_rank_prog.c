@@ -106,6 +106,7 @@ struct sim {
     float beta;
     float **mem, **acc; /* [P][n] */
     float *out;         /* [n] */
+    char *kept;         /* [n] 1 where the step's estimate keeps the entry */
 };
 
 static void sim_mem_update(struct sim *s, int r, size_t off, size_t len, const uint32_t *sent, size_t k)
@@ -183,6 +184,7 @@ static void sim_step(struct sim *s, int t, float (*grad)(int, int, size_t))
         for (size_t i = 0; i < s->n; i++)
             s->acc[r][i] = s->mem[r][i] + grad(r, t, i);
     memset(s->out, 0, s->n * 4);
+    memset(s->kept, 0, s->n);
     float *sum = xcalloc(s->clen, 4);
     uint32_t *idx = xcalloc(s->clen, 4), *gi = xcalloc(s->clen, 4), *sent = xcalloc(s->clen, 4);
     float *gv = xcalloc(s->clen, 4);
@@ -196,7 +198,7 @@ static void sim_step(struct sim *s, int t, float (*grad)(int, int, size_t))
                 ref_topk(s->acc[r] + off, len, k, li[r]);
             ref_gtopk_chunk(s, off, len, k, li, gi, gv);
             for (size_t j = 0; j < k; j++)
-                s->out[off + gi[j]] = gv[j];
+                s->out[off + gi[j]] = gv[j], s->kept[off + gi[j]] = 1;
             for (int r = 0; r < P; r++) {
                 size_t ns = 0; /* own selection that survived */
                 for (size_t a = 0, b = 0; a < k && b < k;)
@@ -222,6 +224,7 @@ static void sim_step(struct sim *s, int t, float (*grad)(int, int, size_t))
             for (int r = 0; r < P; r++)
                 v += s->acc[r][off + idx[j]];
             s->out[off + idx[j]] = v;
+            s->kept[off + idx[j]] = 1;
         }
         for (int r = 0; r < P; r++)
             sim_mem_update(s, r, off, len, idx, k);
@@ -264,6 +267,28 @@ static void compare(const float *got, const float *want, size_t n, const char *w
         }
 }
 
+/* What crux_compressed_allreduce_add adds to: integers, and -0.0 every 5th entry
+ * (adding +0 would turn it into +0.0, so untouched entries are checked bit for bit). */
+static void prefill(float *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = i % 5 == 0 ? -0.0f : (float)((int)(i % 11) - 5);
+}
+
+static void compare_added(const float *got, const struct sim *s, size_t n, const char *what)
+{
+    float *want = xcalloc(n, 4);
+    prefill(want, n);
+    size_t nkept = 0;
+    for (size_t i = 0; i < n; i++)
+        if (s->kept[i])
+            want[i] += s->out[i], nkept++;
+    char w[128];
+    snprintf(w, sizeof(w), "%s, adding form (%zu kept)", what, nkept);
+    compare(got, want, n, w);
+    free(want);
+}
+
 static int parse_codec(const char *s)
 {
     return !strcmp(s, "cltk") ? CRUX_CODEC_CLTK : !strcmp(s, "gtopk") ? CRUX_CODEC_GTOPK
@@ -284,12 +309,13 @@ static int mode_check(int codec, size_t n, int steps, float beta, double density
     crux_compressor_t c;
     CHECK_RC(crux_compressor_create(g_comm, n, &cfg, &c));
     g_n = n, g_chunk_len = c->chunk_len, g_density = density;
-    struct sim s = { codec, n, c->chunk_len, c->nchunks, beta, NULL, NULL, NULL };
+    struct sim s = { codec, n, c->chunk_len, c->nchunks, beta, NULL, NULL, NULL, NULL };
     s.mem = xcalloc((size_t)P, sizeof(float *));
     s.acc = xcalloc((size_t)P, sizeof(float *));
     for (int r = 0; r < P; r++)
         s.mem[r] = xcalloc(n, 4), s.acc[r] = xcalloc(n, 4);
     s.out = xcalloc(n, 4);
+    s.kept = xcalloc(n, 1);
     float (*grad)(int, int, size_t) = codec == CRUX_CODEC_SKETCH ? grad_planted : grad_general;
     /* Off a 64-byte boundary by one float: vector paths must take any alignment. */
     float *g_base = xcalloc(n + 1, 4), *out_base = xcalloc(n + 1, 4);
@@ -308,18 +334,26 @@ static int mode_check(int codec, size_t n, int steps, float beta, double density
                  : codec == CRUX_CODEC_GTOPK ? "gtopk" : "sketch", P, n, c->chunk_len, t);
         for (size_t i = 0; i < n; i++)
             g[i] = grad(rank, t, i);
-        int in_place = t == steps - 1;
+        int in_place = t == steps - 1, adding = t == 1 && steps > 2;
+        if (adding)
+            prefill(out, n);
         if (in_place)
             CHECK_RC(crux_compressed_allreduce(c, g, g));
+        else if (adding)
+            CHECK_RC(crux_compressed_allreduce_add(c, g, out));
         else
             CHECK_RC(crux_compressed_allreduce(c, g, out));
         float *res = in_place ? g : out;
+        sim_step(&s, t, grad);
+        if (adding) { /* out + estimate where kept, the prefill bits elsewhere */
+            compare_added(out, &s, n, what);
+            memcpy(out, s.out, n * 4); /* the estimate alone, for the checks below */
+        }
         for (size_t i = 0; i < n; i++) {
             for (int r = 0; r < P; r++)
                 in_total[i] += grad(r, t, i);
             out_total[i] += res[i];
         }
-        sim_step(&s, t, grad);
         compare(res, s.out, n, what);
         compare(c->mem, s.mem[rank], n, "memory");
         check_identical(res, n * 4, what);
@@ -374,7 +408,7 @@ static int mode_check(int codec, size_t n, int steps, float beta, double density
         FAIL("crux_compressor_free did not reset the handle");
     for (int r = 0; r < P; r++)
         free(s.mem[r]), free(s.acc[r]);
-    free(s.mem), free(s.acc), free(s.out), free(g_base), free(out_base);
+    free(s.mem), free(s.acc), free(s.out), free(s.kept), free(g_base), free(out_base);
     return failures;
 }
 
@@ -428,6 +462,44 @@ static void expect_create(size_t n, const crux_compress_config_t *cfg, int want,
     crux_compressor_free(&c);
 }
 
+/* crux_compressed_allreduce_add refuses, before sending anything, an out that overlaps
+ * grad and the codecs that sum in out (topk, qsgd); out is left as it was. A good call
+ * then still works on every rank. */
+static int bad_add(void)
+{
+    float g[100], out[100];
+    for (int i = 0; i < 100; i++)
+        g[i] = (float)(i + 1), out[i] = 7.0f;
+    const crux_codec_t codecs[] = { CRUX_CODEC_TOPK, CRUX_CODEC_QSGD, CRUX_CODEC_CLTK };
+    for (int j = 0; j < 3; j++) {
+        crux_compress_config_t cfg;
+        crux_compress_config_init(&cfg, codecs[j]);
+        crux_compressor_t c;
+        CHECK_RC(crux_compressor_create(CRUX_COMM_WORLD, 100, &cfg, &c));
+        int rc = codecs[j] == CRUX_CODEC_CLTK ? crux_compressed_allreduce_add(c, g, g + 50)
+                                             : crux_compressed_allreduce_add(c, g, out);
+        if (rc != CRUX_ERR_ARG)
+            FAIL("crux_compressed_allreduce_add (codec %d%s): %d, want CRUX_ERR_ARG", (int)codecs[j],
+                 codecs[j] == CRUX_CODEC_CLTK ? ", out inside grad" : "", rc);
+        for (int i = 0; i < 100; i++)
+            if (out[i] != 7.0f || g[i] != (float)(i + 1)) {
+                FAIL("a refused crux_compressed_allreduce_add wrote element %d", i);
+                break;
+            }
+        if (codecs[j] == CRUX_CODEC_CLTK) { /* no step was posted: the next call matches */
+            CHECK_RC(crux_compressed_allreduce_add(c, g, out));
+            size_t nz = 0;
+            for (int i = 0; i < 100; i++)
+                nz += out[i] != 7.0f;
+            if (nz != 1 || out[99] != 7.0f + 100.0f * (float)P)
+                FAIL("add after a refused call: %zu entries changed, out[99] = %g, want %g", nz,
+                     (double)out[99], 7.0 + 100.0 * P);
+        }
+        CHECK_RC(crux_compressor_free(&c));
+    }
+    return failures;
+}
+
 static int mode_badcfg(void)
 {
     crux_compress_config_t cfg;
@@ -463,7 +535,7 @@ static int mode_badcfg(void)
         FAIL("create with NULL cfg");
     /* The communicator still works, and a good config still creates. */
     expect_create(100, &cfg, CRUX_SUCCESS, "the default config");
-    return failures;
+    return bad_add();
 }
 
 static int mode_mismatch(const char *what)

@@ -80,6 +80,11 @@ static void run_mismatch(int n, const char *what)
     proc_result_free(&res);
 }
 
+/* Two ranks: the exchange in one call (node_pair); bigcount: rank 0 sends 4 MiB
+ * through the staging pipeline, whose header rank 1's small call must reject. */
+Test(shm_node, mismatch_count_2) { run_mismatch(2, "count"); }
+Test(shm_node, mismatch_op_2) { run_mismatch(2, "op"); }
+Test(shm_node, mismatch_bigcount_2) { run_mismatch(2, "bigcount"); }
 Test(shm_node, mismatch_count_3) { run_mismatch(3, "count"); }
 Test(shm_node, mismatch_dtype_3) { run_mismatch(3, "dtype"); }
 Test(shm_node, mismatch_op_4) { run_mismatch(4, "op"); }

@@ -70,7 +70,7 @@ const struct crux_param crux_params[] = {
     {"CHUNK_BYTES", CRUX_PARAM_SIZE, "256K", OFF(chunk_bytes), "4K..64M, multiple of 64",
      "Pipeline fragment size in bytes: large messages are sent and reduced in pieces of this "
      "size. Suffixes K, M, G are binary (256K = 262144 bytes)."},
-    {"SHM_EAGER_BYTES", CRUX_PARAM_SIZE, "64K", OFF(shm_eager_bytes), "0..1M",
+    {"SHM_EAGER_BYTES", CRUX_PARAM_SIZE, "16K", OFF(shm_eager_bytes), "0..1M",
      "Shared-memory messages up to this many bytes go through a per-peer mailbox in one copy; "
      "larger ones through the chunked staging pipeline. 0 disables the mailbox."},
     {"SPIN_US", CRUX_PARAM_INT, "-1", OFF(spin_us), "-1..1000000",

@@ -600,7 +600,7 @@ static void test_large_stream(void)
 static int mode_node(void)
 {
     /* Around the 32-byte inline slot, 64-byte lines, and 16 and 64 KiB (the eager
-     * limit by default and in the 16K runs) for 1-, 2-, 4- and 8-byte elements. */
+     * limit by default and in the 64K runs) for 1-, 2-, 4- and 8-byte elements. */
     static const size_t counts[] = { 0, 1, 7, 8, 9, 17, 1023, 4095, 4096, 4097, 8192, 8193, 16384, 16385 };
     for (size_t c = 0; c < sizeof(counts) / sizeof(counts[0]); c++)
         for (int dt = CRUX_FLOAT; dt <= CRUX_BFLOAT16; dt++)

@@ -66,7 +66,7 @@ Test(config, defaults_are_the_documented_ones)
     cr_assert_eq(c.transport, CRUX_TP_AUTO);
     cr_assert_str_eq(c.socket_ifname, "");
     cr_assert_eq(c.chunk_bytes, 262144);
-    cr_assert_eq(c.shm_eager_bytes, 65536);
+    cr_assert_eq(c.shm_eager_bytes, 16384);
     cr_assert_eq(c.spin_us, -1);
     cr_assert_eq(c.algo, CRUX_ALGO_AUTO);
     cr_assert_eq(c.ring_min_bytes, 65536);
@@ -128,7 +128,7 @@ Test(config, size_ranges_and_granule)
     cr_assert_eq(rc, CRUX_SUCCESS);
     cr_assert_eq(size_of("SHM_EAGER_BYTES", "1M", &rc), 1048576);
     cr_assert_eq(rc, CRUX_SUCCESS);
-    cr_assert_eq(size_of("SHM_EAGER_BYTES", "1025K", &rc), 65536);
+    cr_assert_eq(size_of("SHM_EAGER_BYTES", "1025K", &rc), 16384);
     cr_assert_eq(rc, CRUX_ERR_ARG);
 }
 

@@ -40,7 +40,7 @@ static void run_mode(int n, const char *mode, const char *mode_arg, char *extra_
  * the generic schedules under auto, so those runs force it (CRUX_ALGO=shm). */
 Test(shm_node, edges_1) { run_mode(1, "node", NULL, NULL); }
 Test(shm_node, edges_2) { run_mode(2, "node", NULL, NULL); }
-/* Forced: 2 ranks take the staging pipeline from 64 KiB up (auto: from 8 MiB). */
+/* Forced: 2 ranks take the staging pipeline from 16 KiB up (auto: from 8 MiB). */
 Test(shm_node, edges_2_pipeline) { run_mode(2, "node", NULL, "CRUX_ALGO=shm"); }
 Test(shm_node, coll_2_pipeline) { run_mode(2, "coll", NULL, "CRUX_ALGO=shm"); }
 Test(shm_node, edges_3) { run_mode(3, "node", NULL, "CRUX_ALGO=shm"); }
@@ -54,10 +54,9 @@ Test(shm_node, fallback_3) { run_mode2(3, "node", NULL, "CRUX_SPIN_US=0", "CRUX_
 /* Forced: the mailbox path up to the eager limit for any rank count, ring above. */
 Test(shm_node, forced_coll_3) { run_mode(3, "coll", "--quick", "CRUX_ALGO=shm"); }
 Test(shm_node, forced_allreduce_5) { run_mode(5, "allreduce", NULL, "CRUX_ALGO=shm"); }
-/* A smaller mailbox: 16-64 KiB go through the generic schedules (auto) or the
- * staging pipeline (forced) instead. */
-Test(shm_node, eager_16k_2) { run_mode(2, "node", NULL, "CRUX_SHM_EAGER_BYTES=16K"); }
-Test(shm_node, eager_16k_2_pipeline) { run_mode2(2, "node", NULL, "CRUX_SHM_EAGER_BYTES=16K", "CRUX_ALGO=shm"); }
+/* A bigger mailbox: 64 KiB messages take the node path too (auto and forced). */
+Test(shm_node, eager_64k_2) { run_mode(2, "node", NULL, "CRUX_SHM_EAGER_BYTES=64K"); }
+Test(shm_node, eager_64k_2_forced) { run_mode2(2, "node", NULL, "CRUX_SHM_EAGER_BYTES=64K", "CRUX_ALGO=shm"); }
 
 /* Ranks that disagree on count/dtype/op all get CRUX_ERR_MISMATCH (exit 3), never
  * data: rank 0 differs, and every rank's first receive involves rank 0. */

@@ -87,6 +87,16 @@ static int select_auto(struct crux_coll *op)
 void crux_allreduce_select(struct crux_coll *op)
 {
     int algo = op->comm->ctx->cfg.algo;
+    const struct crux_comm *comm = op->comm;
+    /* The common small call, from the state select_shm_node cached in the comm:
+     * the answer below, without its calls. */
+    if (comm->shm_node == 1 && comm->size == 2 && op->exclusive &&
+        (algo == CRUX_ALGO_AUTO || algo == CRUX_ALGO_SHM) &&
+        op->count * op->esize <= comm->shm_node_max) {
+        op->algo = CRUX_ALGO_SHM;
+        op->fn = crux_allreduce_shm_node;
+        return;
+    }
     /* Forced shm where it cannot run (other hosts, or beyond the mailbox): auto. */
     if (algo == CRUX_ALGO_AUTO || (algo == CRUX_ALGO_SHM && !select_shm_node(op, 1)))
         algo = select_auto(op);

@@ -145,6 +145,41 @@ static int node_send_all(struct crux_coll *op, struct crux_tp **tps, const struc
     return direct;
 }
 
+/* Receive from every peer in fold order starting at the k-th: straight from the
+ * mailboxes while `direct`, the rest as queued transfers into scratch. */
+static int node_recv_from(struct crux_coll *op, const struct crux_msg_hdr *h, int direct, int k)
+{
+    struct crux_comm *comm = op->comm;
+    int P = comm->size;
+    /* A queued send needs progress, which the generic wait provides. */
+    for (; direct && k < P - 1; k++) {
+        int q = node_peer(op, k);
+        int rc = node_recv_direct(op, comm->ctx->peer_tp[comm->world_ranks[q]], q, h);
+        if (rc == CRUX_INPROGRESS)
+            break;
+        if (rc != CRUX_SUCCESS)
+            return rc;
+    }
+    if (k == P - 1)
+        return CRUX_SUCCESS;
+    op->step = k;
+    for (; k < P - 1; k++) {
+        int q = node_peer(op, k);
+        CRUX_TRY(crux_coll_recv(op, q, NODE_TAG, node_landing(op, q), h->len, NULL));
+    }
+    op->phase = PH_GENERIC;
+    return CRUX_INPROGRESS;
+}
+
+static int node_reserve(struct crux_coll *op)
+{
+    struct crux_comm *comm = op->comm;
+    CRUX_TRY(crux_comm_reserve(comm, 2 * comm->size,
+                               node_stride(op->count * op->esize) * (size_t)comm->size));
+    op->xfers = comm->xfers;
+    return CRUX_SUCCESS;
+}
+
 static int node_start(struct crux_coll *op)
 {
     struct crux_comm *comm = op->comm;
@@ -155,8 +190,7 @@ static int node_start(struct crux_coll *op)
             memcpy(op->recvbuf, op->sendbuf, bytes);
         return CRUX_SUCCESS;
     }
-    CRUX_TRY(crux_comm_reserve(comm, 2 * P, node_stride(bytes) * (size_t)P));
-    op->xfers = comm->xfers;
+    CRUX_TRY(node_reserve(op));
     struct crux_tp **tps = comm->ctx->peer_tp;
     struct crux_msg_hdr h = {comm->ctx_id, NODE_TAG, op->seq, op->sig, bytes};
     /* Queued transfers (a failed earlier call) would be overtaken: all generic then. */
@@ -171,25 +205,29 @@ static int node_start(struct crux_coll *op)
             rc = crux_coll_send(op, (comm->rank + i) % P, NODE_TAG, op->sendbuf, bytes, NULL, NULL);
     if (rc != CRUX_SUCCESS)
         return rc;
-    int k = 0;
-    /* A queued send needs progress, which the generic wait provides. */
-    for (; direct && k < P - 1; k++) {
-        int q = node_peer(op, k);
-        rc = node_recv_direct(op, tps[comm->world_ranks[q]], q, &h);
-        if (rc == CRUX_INPROGRESS)
-            break;
-        if (rc != CRUX_SUCCESS)
-            return rc;
-    }
-    if (k == P - 1)
-        return CRUX_SUCCESS;
-    op->step = k;
-    for (; k < P - 1; k++) {
-        int q = node_peer(op, k);
-        CRUX_TRY(crux_coll_recv(op, q, NODE_TAG, node_landing(op, q), bytes, NULL));
-    }
-    op->phase = PH_GENERIC;
-    return CRUX_INPROGRESS;
+    return node_recv_from(op, &h, direct, 0);
+}
+
+/* Polls of the peer's mailbox inside the exchange call; node_recv_direct (clock,
+ * spin budget) takes over after them. */
+#define PAIR_POLLS 64
+
+/* Two ranks within the mailbox, the common small call: send and receive in one
+ * transport call, dst = sendbuf op peer's vector. The result is the peer's too
+ * (a op b == b op a). Anything unusual continues as node_start would. */
+static int node_pair(struct crux_coll *op)
+{
+    struct crux_comm *comm = op->comm;
+    int q = 1 - comm->rank, w = comm->world_ranks[q], sent;
+    struct crux_msg_hdr h = {comm->ctx_id, NODE_TAG, op->seq, op->sig, op->count * op->esize};
+    int rc = crux_shm_xchg_now(comm->ctx->peer_tp[w], w, &h, op->sendbuf, op->recvbuf,
+                               op->sendbuf, op->dtype, op->op, PAIR_POLLS, &sent);
+    if (rc != CRUX_INPROGRESS)
+        return rc;
+    if (!sent)
+        return node_start(op);
+    CRUX_TRY(node_reserve(op));
+    return node_recv_from(op, &h, 1, 0);
 }
 
 int crux_allreduce_shm_node(struct crux_coll *op)
@@ -197,8 +235,10 @@ int crux_allreduce_shm_node(struct crux_coll *op)
     if (op->phase == PH_PIPE)
         return crux_allreduce_shm_pipe(op);
     if (op->phase == PH_START) {
-        if (op->comm->size == 2 && op->count * op->esize > crux_shm_node_max_bytes(op->comm))
-            return crux_allreduce_shm_pipe(op);
+        if (op->comm->size == 2)
+            return op->count * op->esize > crux_shm_node_max_bytes(op->comm)
+                       ? crux_allreduce_shm_pipe(op)
+                       : node_pair(op);
         return node_start(op);
     }
     for (int k = op->step; k < op->comm->size - 1; k++)

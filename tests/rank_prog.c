@@ -5,7 +5,7 @@
  *   crux_test_rank coll [--quick]        every collective, dtype, op, count, in place or not
  *   crux_test_rank kill VICTIM ITER      allreduce stream; VICTIM SIGKILLs itself at ITER
  *   crux_test_rank stall VICTIM ITER     the same, but VICTIM SIGSTOPs itself (a hung peer)
- *   crux_test_rank mismatch count|dtype|op
+ *   crux_test_rank mismatch count|bigcount|dtype|op
  *   crux_test_rank allreduce             allreduce only: exact values, bit-identical results
  *                                        of order-dependent floats, node communicators
  *   crux_test_rank node                  the node mailbox path's edges (algo/shm_node.c)
@@ -361,13 +361,15 @@ static int mode_kill(int victim, long at, int sig)
 
 static int mode_mismatch(const char *what)
 {
-    int32_t buf[16] = { 0 };
+    static int32_t buf[1 << 20];
     size_t count = 12;
     crux_datatype_t dt = CRUX_INT32;
     crux_op_t op = CRUX_SUM;
     if (rank == 0) {
         if (!strcmp(what, "count"))
             count = 10;
+        else if (!strcmp(what, "bigcount")) /* beyond the mailbox: staged messages */
+            count = 1 << 20;
         else if (!strcmp(what, "dtype"))
             dt = CRUX_FLOAT;
         else
@@ -597,8 +599,9 @@ static void test_large_stream(void)
 
 static int mode_node(void)
 {
-    /* Around the 32-byte inline slot, 64-byte lines, and the 16 KiB eager limit. */
-    static const size_t counts[] = { 0, 1, 7, 8, 9, 17, 1023, 4095, 4096, 4097 };
+    /* Around the 32-byte inline slot, 64-byte lines, and 16 and 64 KiB (the eager
+     * limit by default and in the 64K runs) for 1-, 2-, 4- and 8-byte elements. */
+    static const size_t counts[] = { 0, 1, 7, 8, 9, 17, 1023, 4095, 4096, 4097, 8192, 8193, 16384, 16385 };
     for (size_t c = 0; c < sizeof(counts) / sizeof(counts[0]); c++)
         for (int dt = CRUX_FLOAT; dt <= CRUX_BFLOAT16; dt++)
             for (int op = CRUX_SUM; op <= CRUX_MIN; op++)
@@ -652,7 +655,7 @@ int main(int argc, char **argv)
     }
     if (argc < 2) {
         fprintf(stderr, "usage: %s [--hosts H0,H1,...] coll [--quick] | allreduce | node | kill|stall VICTIM "
-                "ITER | mismatch count|dtype|op\n", argv[0]);
+                "ITER | mismatch count|bigcount|dtype|op\n", argv[0]);
         return 2;
     }
     CHECK_RC(crux_init(&argc, &argv));

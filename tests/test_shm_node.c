@@ -54,8 +54,9 @@ Test(shm_node, fallback_3) { run_mode2(3, "node", NULL, "CRUX_SPIN_US=0", "CRUX_
 /* Forced: the mailbox path up to the eager limit for any rank count, ring above. */
 Test(shm_node, forced_coll_3) { run_mode(3, "coll", "--quick", "CRUX_ALGO=shm"); }
 Test(shm_node, forced_allreduce_5) { run_mode(5, "allreduce", NULL, "CRUX_ALGO=shm"); }
-/* A bigger mailbox: 64 KiB messages take the node path too. */
+/* A bigger mailbox: 64 KiB messages take the node path too (auto and forced). */
 Test(shm_node, eager_64k_2) { run_mode(2, "node", NULL, "CRUX_SHM_EAGER_BYTES=64K"); }
+Test(shm_node, eager_64k_2_forced) { run_mode2(2, "node", NULL, "CRUX_SHM_EAGER_BYTES=64K", "CRUX_ALGO=shm"); }
 
 /* Ranks that disagree on count/dtype/op all get CRUX_ERR_MISMATCH (exit 3), never
  * data: rank 0 differs, and every rank's first receive involves rank 0. */
@@ -78,6 +79,11 @@ static void run_mismatch(int n, const char *what)
     proc_result_free(&res);
 }
 
+/* Two ranks: the exchange in one call (node_pair); bigcount: rank 0 sends 4 MiB
+ * through the staging pipeline, whose header rank 1's small call must reject. */
+Test(shm_node, mismatch_count_2) { run_mismatch(2, "count"); }
+Test(shm_node, mismatch_op_2) { run_mismatch(2, "op"); }
+Test(shm_node, mismatch_bigcount_2) { run_mismatch(2, "bigcount"); }
 Test(shm_node, mismatch_count_3) { run_mismatch(3, "count"); }
 Test(shm_node, mismatch_dtype_3) { run_mismatch(3, "dtype"); }
 Test(shm_node, mismatch_op_4) { run_mismatch(4, "op"); }

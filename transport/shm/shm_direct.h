@@ -33,6 +33,16 @@ int crux_shm_send_now(struct crux_tp *tp, int peer, const struct crux_msg_hdr *h
 int crux_shm_recv_now(struct crux_tp *tp, int peer, const struct crux_msg_hdr *want, void *dst,
                       const void *a, crux_datatype_t dtype, crux_op_t op);
 
+/* Both halves of a two-rank exchange in one call (algo/shm_node.c's small path):
+ * if direct calls are allowed (crux_shm_direct_ok) and hdr->len fits the mailbox,
+ * send hdr + buf (*sent = 1), then look for the peer's next message up to `polls`
+ * times and land it like crux_shm_recv_now. CRUX_INPROGRESS with *sent == 0:
+ * nothing was sent (queue busy, channel full); with *sent == 1: ours went out, the
+ * peer's is not there yet (or came through staging). */
+int crux_shm_xchg_now(struct crux_tp *tp, int peer, const struct crux_msg_hdr *hdr,
+                      const void *buf, void *dst, const void *a, crux_datatype_t dtype,
+                      crux_op_t op, unsigned polls, int *sent);
+
 /* Staging fragments for node schedules that pipeline themselves (algo/shm_node.c
  * large messages). Same ring, stamps and credits as staged messages, consumed in
  * order, so FIFO with everything else on the pair holds; unlike a staged message

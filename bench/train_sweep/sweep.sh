@@ -4,6 +4,8 @@
 #
 #   bench/train_sweep/sweep.sh [--build DIR] [--epochs N] [--ranks "2 4"] [--limit N]
 #                              [--seed S] [--out DIR] [--only REGEX] [--force] [--list]
+# Defaults: --build ROOT/build --epochs 8 --ranks "2 4" --limit 0 (all 60k samples)
+# --seed 1 --out bench/train_sweep/results --only . (every config).
 #
 # Per (config, P): crux-run -n P crux-train ... --csv OUT/curve-CONFIG-nP.csv, the
 # log in OUT/CONFIG-nP.log. A finished CSV (N rows) is kept and not rerun unless
@@ -38,7 +40,7 @@ while [ $# -gt 0 ]; do
         --only) only=$2; shift 2 ;;
         --force) force=1; shift ;;
         --list) list=1; shift ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -63,9 +65,11 @@ cltk-d0.001-lp|--codec cltk --density 0.001 --beta 0.1 --warmup-epochs $warmup
 cltk-d0.005-w|--codec cltk --density 0.005 --warmup-epochs $warmup
 gtopk-d0.01|--codec gtopk --density 0.01
 gtopk-d0.001|--codec gtopk --density 0.001
+gtopk-d0.05|--codec gtopk --density 0.05
 dgc-d0.001|--codec topk --density 0.001 --warmup-epochs $warmup
 dgc-d0.0006|--codec topk --density 0.0006 --warmup-epochs $warmup
 sketch-4x|--codec sketch --density 0.01 --sketch-rows 5 --sketch-cols SKETCH4_0.01_5
+sketch-4x-d0.05|--codec sketch --density 0.05 --sketch-rows 3 --sketch-cols SKETCH4_0.05_3
 sketch-8x|--codec sketch --density 0.01 --sketch-rows 5 --sketch-cols SKETCH8_0.01_5
 qsgd-4bit|--codec qsgd --qsgd-levels 7
 qsgd-8bit|--codec qsgd --qsgd-levels 127

@@ -28,15 +28,15 @@ while [ $# -gt 0 ]; do
 done
 
 # "name P" of every curve present, configs in sweep order, P ascending
-order="dense cltk-d0.01 cltk-d0.001 cltk-d0.001-w gtopk-d0.01 gtopk-d0.001 dgc-d0.001 dgc-d0.0006 sketch-4x sketch-8x qsgd-4bit qsgd-8bit"
+order="dense cltk-d0.01 cltk-d0.001 cltk-d0.001-w cltk-d0.001-lp cltk-d0.005-w gtopk-d0.01 gtopk-d0.001 gtopk-d0.05 dgc-d0.001 dgc-d0.0006 sketch-4x sketch-4x-d0.05 sketch-8x qsgd-4bit qsgd-8bit"
 ranks=$(find "$out" -maxdepth 1 -name 'curve-*-n*.csv' | sed 's/.*-n\([0-9]*\)\.csv$/\1/' | sort -nu)
 
 # target NAME -> "min_ratio min_delta text" ("" = no target for this config)
 target() {
     case $1 in
-        cltk-d0.001|cltk-d0.001-w|gtopk-d0.001) echo "100 -1 within 1 pt at >= 100x" ;;
+        cltk-d0.001|cltk-d0.001-*|cltk-d0.005-*|gtopk-d0.001) echo "100 -1 within 1 pt at >= 100x" ;;
         dgc-*) echo "270 -1 within 1 pt at >= 270x" ;;
-        sketch-4x) echo "4 -0.2 no drop at 4x" ;;
+        sketch-4x|sketch-4x-*) echo "4 -0.2 no drop at 4x" ;;
         sketch-8x) echo "8 -1 <= 1 pt drop at 8x" ;;
         qsgd-4bit) echo "0 -0.5 within 0.5 pt" ;;
         *) echo "" ;;

@@ -4,6 +4,8 @@
 #
 #   bench/train_sweep/sweep.sh [--build DIR] [--epochs N] [--ranks "2 4"] [--limit N]
 #                              [--seed S] [--out DIR] [--only REGEX] [--force] [--list]
+# Defaults: --build ROOT/build --epochs 8 --ranks "2 4" --limit 0 (all 60k samples)
+# --seed 1 --out bench/train_sweep/results --only . (every config).
 #
 # Per (config, P): crux-run -n P crux-train ... --csv OUT/curve-CONFIG-nP.csv, the
 # log in OUT/CONFIG-nP.log. A finished CSV (N rows) is kept and not rerun unless
@@ -38,7 +40,7 @@ while [ $# -gt 0 ]; do
         --only) only=$2; shift 2 ;;
         --force) force=1; shift ;;
         --list) list=1; shift ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -51,31 +53,40 @@ warmup=$(( epochs / 4 > 4 ? 4 : epochs / 4 ))
 
 # name | crux-train flags. The sketch shapes give dense/wire >= 4 and >= 8 on 2 and 4
 # ranks (the wire is the r x c table through the dense allreduce plus 2k candidate
-# values; see README.md for the measured ratios).
+# values; see README.md for the measured ratios). SKETCH<ratio>_<density>_<rows> is
+# replaced by the columns for that ratio on P ranks (sketch_cols).
 configs() {
     cat <<EOF
 dense|--codec none
 cltk-d0.01|--codec cltk --density 0.01
 cltk-d0.001|--codec cltk --density 0.001
 cltk-d0.001-w|--codec cltk --density 0.001 --warmup-epochs $warmup
+cltk-d0.001-lp|--codec cltk --density 0.001 --beta 0.1 --warmup-epochs $warmup
+cltk-d0.005-w|--codec cltk --density 0.005 --warmup-epochs $warmup
 gtopk-d0.01|--codec gtopk --density 0.01
 gtopk-d0.001|--codec gtopk --density 0.001
+gtopk-d0.05|--codec gtopk --density 0.05
 dgc-d0.001|--codec topk --density 0.001 --warmup-epochs $warmup
 dgc-d0.0006|--codec topk --density 0.0006 --warmup-epochs $warmup
-sketch-4x|--codec sketch --density 0.01 --sketch-rows 5 --sketch-cols SKETCH4
-sketch-8x|--codec sketch --density 0.01 --sketch-rows 5 --sketch-cols SKETCH8
+sketch-4x|--codec sketch --density 0.01 --sketch-rows 5 --sketch-cols SKETCH4_0.01_5
+sketch-4x-d0.05|--codec sketch --density 0.05 --sketch-rows 3 --sketch-cols SKETCH4_0.05_3
+sketch-8x|--codec sketch --density 0.01 --sketch-rows 5 --sketch-cols SKETCH8_0.01_5
 qsgd-4bit|--codec qsgd --qsgd-levels 7
 qsgd-8bit|--codec qsgd --qsgd-levels 127
 EOF
 }
 
-# Columns per sketch row for a ratio target on P ranks: the allreduce of the table
-# sends about 2(P-1)/P of it (ring), so the table gets n / (ratio * 2(P-1)/P) floats
-# less the 2k candidate values, with a 10 % margin.
-sketch_cols() { # RATIO P
-    awk -v r="$1" -v p="$2" 'BEGIN { n = 535818; k = int(0.01 * n + 0.5)
-        f = p > 1 ? 2 * (p - 1) / p : 1
-        printf "%d\n", (n / (r * f) / 1.1 - 2 * k) / 5 }'
+# Columns per sketch row for a ratio target on P ranks. The ratio is a dense ring's
+# bytes, 2(P-1)/P n floats, over what the rank sends: the table and the 2k candidate
+# values, each through crux_allreduce, which sends w times its buffer: 2(P-1)/P for
+# the ring, log2 P for recursive doubling (what crux picks below 1 MiB with more ranks
+# than cores, as 4 ranks here). Taking the larger w keeps the ratio either way; 10 %
+# margin.
+sketch_cols() { # RATIO P DENSITY ROWS
+    awk -v r="$1" -v p="$2" -v d="$3" -v rows="$4" 'BEGIN { n = 535818; k = int(d * n + 0.5)
+        ring = p > 1 ? 2 * (p - 1) / p : 1; w = ring
+        for (l = 0; 2 ^ l < p; l++) ; if (l > w) w = l
+        printf "%d\n", (ring * n / (r * w) / 1.1 - 2 * k) / rows }'
 }
 
 if [ "$list" = 1 ]; then
@@ -100,8 +111,9 @@ limit_args=()
 for p in $ranks; do
     while IFS='|' read -r name flags; do
         [[ "$name" =~ $only ]] || continue
-        flags=${flags//SKETCH4/$(sketch_cols 4 "$p")}
-        flags=${flags//SKETCH8/$(sketch_cols 8 "$p")}
+        if [[ "$flags" =~ SKETCH([0-9]+)_([0-9.]+)_([0-9]+) ]]; then
+            flags=${flags//${BASH_REMATCH[0]}/$(sketch_cols "${BASH_REMATCH[1]}" "$p" "${BASH_REMATCH[2]}" "${BASH_REMATCH[3]}")}
+        fi
         csv=$out/curve-$name-n$p.csv
         log=$out/$name-n$p.log
         if [ "$force" = 0 ] && [ -f "$csv" ] && [ "$(($(wc -l < "$csv") - 1))" -ge "$epochs" ]; then

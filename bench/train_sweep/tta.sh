@@ -68,10 +68,11 @@ qsgd-4bit|--codec qsgd --qsgd-levels 7
 EOF
 }
 
-sketch_cols() { # RATIO P: as in sweep.sh
-    awk -v r="$1" -v p="$2" 'BEGIN { n = 535818; k = int(0.01 * n + 0.5)
-        f = p > 1 ? 2 * (p - 1) / p : 1
-        printf "%d\n", (n / (r * f) / 1.1 - 2 * k) / 5 }'
+sketch_cols() { # RATIO P DENSITY ROWS: as in sweep.sh
+    awk -v r="$1" -v p="$2" -v d="$3" -v rows="$4" 'BEGIN { n = 535818; k = int(d * n + 0.5)
+        ring = p > 1 ? 2 * (p - 1) / p : 1; w = ring
+        for (l = 0; 2 ^ l < p; l++) ; if (l > w) w = l
+        printf "%d\n", (ring * n / (r * w) / 1.1 - 2 * k) / rows }'
 }
 
 teardown() { "$nh" down --prefix "$prefix" >/dev/null 2>&1 || true; }
@@ -89,7 +90,7 @@ for n in $hosts; do
     "$nh" up -n "$n" --bw "$bw" --prefix "$prefix" >/dev/null
     while IFS='|' read -r name flags; do
         [[ "$name" =~ $only ]] || continue
-        flags=${flags//SKETCH4/$(sketch_cols 4 "$n")}
+        flags=${flags//SKETCH4/$(sketch_cols 4 "$n" 0.01 5)}
         csv=$out/tta-$name-h$n.csv
         log=$out/tta-$name-h$n.log
         if [ "$force" = 0 ] && [ -f "$csv" ] && [ "$(($(wc -l < "$csv") - 1))" -ge "$epochs" ]; then

@@ -60,7 +60,7 @@ warmup=$(( epochs / 4 > 4 ? 4 : epochs / 4 ))
 configs() {
     cat <<EOF
 dense|--codec none
-cltk-d0.001|--codec cltk --density 0.001
+cltk-d0.001-w|--codec cltk --density 0.001 --warmup-epochs $warmup
 gtopk-d0.001|--codec gtopk --density 0.001
 dgc-d0.001|--codec topk --density 0.001 --warmup-epochs $warmup
 sketch-4x|--codec sketch --density 0.01 --sketch-rows 5 --sketch-cols SKETCH4
@@ -68,10 +68,12 @@ qsgd-4bit|--codec qsgd --qsgd-levels 7
 EOF
 }
 
-sketch_cols() { # RATIO P DENSITY ROWS: as in sweep.sh
+# One rank per namespace host: nothing is oversubscribed, so the table (> 64 KiB) takes
+# the ring, which sends 2(P-1)/P of it (sweep.sh's shm runs also allow for recursive
+# doubling on oversubscribed ranks).
+sketch_cols() { # RATIO P DENSITY ROWS
     awk -v r="$1" -v p="$2" -v d="$3" -v rows="$4" 'BEGIN { n = 535818; k = int(d * n + 0.5)
         ring = p > 1 ? 2 * (p - 1) / p : 1; w = ring
-        for (l = 0; 2 ^ l < p; l++) ; if (l > w) w = l
         printf "%d\n", (ring * n / (r * w) / 1.1 - 2 * k) / rows }'
 }
 
@@ -113,7 +115,7 @@ done
 
 # ---- report: time to (dense final - 1 point), and accuracy vs wall time, for
 # every host count with curves in OUT (earlier runs' too) ----
-order="dense cltk-d0.001 gtopk-d0.001 dgc-d0.001 sketch-4x qsgd-4bit"
+order="dense cltk-d0.001-w gtopk-d0.001 dgc-d0.001 sketch-4x qsgd-4bit"
 hosts=$(find "$out" -maxdepth 1 -name 'tta-*-h*.csv' | sed 's/.*-h\([0-9]*\)\.csv$/\1/' | sort -nu)
 {
     echo "| hosts | codec | params | epochs | ratio (last epoch) | ratio (all) | final test acc | target acc | time to target (s) | training wall (s) | curve |"

@@ -4,12 +4,13 @@
  * LIMITS.md strategy B: a pipelined reduce-scatter +
  * allgather through the pair's persistent staging rings. Rank r owns half r. It
  * stages chunks of the peer's half (RS); for each chunk of its own half that
- * arrives it reduces with its own vector ONCE into the outgoing staging slot (the
- * allgather message) and copies that hot slot into recvbuf, so the allgather needs
- * no second pass over recvbuf; arriving allgather chunks are copied to recvbuf,
- * with non-temporal stores from 16 MiB on (skips the read-for-ownership). One
- * ring per direction carries both phases in a fixed order both ranks derive
- * (RS runs LARGE_LAG chunks ahead, then AG and RS alternate), so every fragment
+ * arrives it reduces with its own vector ONCE, into recvbuf and the outgoing
+ * staging slot (the allgather message), so the allgather needs no second pass
+ * over recvbuf; arriving allgather chunks are copied to recvbuf, with
+ * non-temporal stores from 16 MiB on (skips the read-for-ownership). Chunks are a
+ * quarter of a half, at least 16 KiB, at most a staging slot. One ring per
+ * direction carries both phases in a fixed order both ranks derive (RS runs half
+ * the ring ahead, then AG and RS alternate), so every fragment
  * is known without a descriptor. Each chunk is reduced by exactly one rank, so
  * both hold the same bits. A mailbox message with the call's header goes first:
  * a peer in a different call fails with CRUX_ERR_MISMATCH before any data is used.
@@ -27,7 +28,8 @@
 #include "lib/reduce.h"
 #include "transport/shm/shm_direct.h"
 
-#define LARGE_LAG 2              /* RS chunks staged ahead of the first AG chunk */
+#define LARGE_SPLIT 4             /* chunk <= half / LARGE_SPLIT: the pipeline fills early */
+#define LARGE_MIN_CHUNK 16384     /* ... but not below: each chunk costs ~4 cache-line syncs */
 #define LARGE_SUB 16384          /* fused reduce + copy in L1-sized pieces */
 #define LARGE_NT_MIN (16u << 20) /* recvbuf writes non-temporal from here (LIMITS.md) */
 #define LARGE_IDLE_POLL 64       /* idle passes between clock/death checks */
@@ -47,6 +49,7 @@ struct large_geo {
     size_t off[2], len[2]; /* bytes of each rank's half */
     size_t chunk;
     uint64_t k[2];         /* chunks per half */
+    uint64_t lag;          /* RS chunks staged ahead of the first AG chunk */
     int r, q;              /* my comm rank, the peer's */
     int wq;                /* the peer's world rank */
     struct crux_tp *tp;
@@ -63,7 +66,12 @@ static void large_geo(const struct crux_coll *op, struct large_geo *g)
     g->len[0] = half;
     g->off[1] = half;
     g->len[1] = bytes - half;
-    g->chunk = crux_shm_frag_bytes(g->tp, g->wq) & ~(size_t)63;
+    size_t cap = crux_shm_frag_bytes(g->tp, g->wq) & ~(size_t)63;
+    size_t want = (g->len[0] / LARGE_SPLIT + 63) & ~(size_t)63;
+    want = want < LARGE_MIN_CHUNK ? LARGE_MIN_CHUNK : want;
+    g->chunk = want < cap ? want : cap;
+    /* RS may run half the ring ahead: more deadlocks (shm_direct.c's assert). */
+    g->lag = crux_shm_frag_depth(g->tp, g->wq) / 2;
     for (int i = 0; i < 2; i++)
         g->k[i] = (g->len[i] + g->chunk - 1) / g->chunk;
 }
@@ -75,9 +83,10 @@ static size_t large_chunk_len(const struct large_geo *g, int half, uint64_t i)
 }
 
 /* The fixed fragment order of one direction: is the next one an RS chunk? */
-static int large_next_is_rs(uint64_t rs, uint64_t ag, uint64_t k_rs, uint64_t k_ag)
+static int large_next_is_rs(const struct large_geo *g, uint64_t rs, uint64_t ag, uint64_t k_rs,
+                            uint64_t k_ag)
 {
-    return rs < k_rs && (ag >= k_ag || rs < ag + LARGE_LAG);
+    return rs < k_rs && (ag >= k_ag || rs < ag + g->lag);
 }
 
 static int large_corrupt(const struct crux_coll *op, const struct large_geo *g, size_t n, size_t want)
@@ -88,8 +97,13 @@ static int large_corrupt(const struct crux_coll *op, const struct large_geo *g, 
     return CRUX_ERR_TRANSPORT;
 }
 
-/* Reduce arriving chunk i of our half with our own vector into the outgoing slot t
- * (the allgather message), then copy it to recvbuf while it is in L1. */
+/* Reduce arriving chunk i of our half with our own vector once, into recvbuf and
+ * the outgoing slot t (the allgather message), in L1-sized pieces. The reduce
+ * never stores into t: t's lines sit in the peer's cache (it read them last lap),
+ * and vector stores would fetch each one across cores first, while memcpy's
+ * string stores claim whole lines (2026-12-07, 2 ranks, 256 KiB: 38 -> 21 us).
+ * From LARGE_NT_MIN recvbuf gets non-temporal stores, so the result goes through
+ * an L1 scratch piece rather than being read back from recvbuf. */
 static void large_fuse(const struct crux_coll *op, const struct large_geo *g, uint64_t i,
                        const char *s, char *t, size_t n)
 {
@@ -97,10 +111,14 @@ static void large_fuse(const struct crux_coll *op, const struct large_geo *g, ui
     const char *a = (const char *)op->sendbuf + at;
     char *dst = (char *)op->recvbuf + at;
     int nt = op->count * op->esize >= LARGE_NT_MIN;
+    _Alignas(64) char l1[LARGE_SUB];
     for (size_t o = 0; o < n; o += LARGE_SUB) {
         size_t m = n - o < LARGE_SUB ? n - o : LARGE_SUB;
-        crux_reduce(t + o, a + o, s + o, m / op->esize, op->dtype, op->op);
-        crux_shm_copy(dst + o, t + o, m, nt);
+        char *r = nt ? l1 : dst + o;
+        crux_reduce(r, a + o, s + o, m / op->esize, op->dtype, op->op);
+        memcpy(t + o, r, m);
+        if (nt)
+            crux_shm_copy(dst + o, l1, m, 1);
     }
 }
 
@@ -112,7 +130,7 @@ static int large_pass(struct crux_coll *op, const struct large_geo *g)
     int nt = op->count * op->esize >= LARGE_NT_MIN;
     for (;;) {
         size_t cap, n;
-        int tx_rs = large_next_is_rs(c[LG_RS_TX], c[LG_AG_TX], g->k[g->q], g->k[g->r]);
+        int tx_rs = large_next_is_rs(g, c[LG_RS_TX], c[LG_AG_TX], g->k[g->q], g->k[g->r]);
         if (tx_rs) {
             char *t = crux_shm_frag_tx(g->tp, g->wq, &cap);
             if (t) {
@@ -130,7 +148,7 @@ static int large_pass(struct crux_coll *op, const struct large_geo *g)
         const char *s = crux_shm_frag_rx(g->tp, g->wq, &n);
         if (!s)
             break;
-        if (large_next_is_rs(c[LG_AG_TX], c[LG_AG_RX], g->k[g->r], g->k[g->q])) {
+        if (large_next_is_rs(g, c[LG_AG_TX], c[LG_AG_RX], g->k[g->r], g->k[g->q])) {
             uint64_t i = c[LG_AG_TX];
             char *t = tx_rs ? NULL : crux_shm_frag_tx(g->tp, g->wq, &cap);
             if (!t)

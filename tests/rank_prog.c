@@ -569,12 +569,12 @@ static void test_ring_wrap(void)
 /* Back-to-back large calls (two ranks: the staging pipeline), sizes varying and
  * odd, in place every other call, exact every time: a rank that finishes first
  * starts the next call while its peer still drains this one. */
-static void test_large_stream(void)
+static void test_large_stream_from(size_t first, size_t step, int calls)
 {
-    size_t maxc = 400003;
+    size_t maxc = first + (size_t)calls * step;
     int32_t *send = xmalloc(maxc * 4), *recv = xmalloc(maxc * 4);
-    for (int it = 0; it < 30; it++) {
-        size_t count = 100003 + (size_t)it * 10007;
+    for (int it = 0; it < calls; it++) {
+        size_t count = first + (size_t)it * step;
         int ip = it % 2;
         int32_t *out = ip ? send : recv;
         for (size_t i = 0; i < count; i++)
@@ -585,7 +585,7 @@ static void test_large_stream(void)
             if (out[i] != (int32_t)(i * (size_t)nranks * (size_t)nranks) + nranks * (nranks - 1) / 2 + nranks * it) {
                 printf("rank %d: FAIL large stream call %d count %zu element %zu is %d\n", rank, it, count, i, out[i]);
                 failures++;
-                it = 30;
+                it = calls;
                 break;
             }
         if (!ip && recv[count] != 0x5a5a5a5a) {
@@ -595,6 +595,75 @@ static void test_large_stream(void)
         }
     }
     free(send), free(recv);
+}
+
+static void test_large_stream(void) { test_large_stream_from(100003, 10007, 30); }
+
+/* Two ranks, the staging pipeline (algo/shm_pipe.c) around its geometry: `edge` is
+ * the byte size from which auto selects it. Sizes just below, at and above the
+ * edge; halves of exactly 4 chunks (chunk = half / 4 rounded up to 64 bytes, at
+ * least 16 KiB, at most a staging slot), one element fewer, one more (the second
+ * half then has a fifth chunk of one element); back-to-back calls whose sizes
+ * cross the edge and change the chunk every call, so fragments of different
+ * geometry share the staging ring and it wraps at a different slot each call. */
+static void test_pipe_edges(size_t edge)
+{
+    static const crux_datatype_t dts[] = { CRUX_FLOAT, CRUX_UINT8, CRUX_DOUBLE, CRUX_BFLOAT16 };
+    for (size_t t = 0; t < sizeof(dts) / sizeof(dts[0]); t++) {
+        size_t es = crux_datatype_size(dts[t]);
+        for (int d = -1; d <= 1; d++)
+            test_allreduce(dts[t], d ? CRUX_SUM : CRUX_MAX, edge / es - 1 + (size_t)(d + 1), d == 1);
+    }
+    static const size_t chunks[] = { 16384, 16384 + 64, 65536 + 192, 262144 };
+    for (size_t c = 0; c < sizeof(chunks) / sizeof(chunks[0]); c++) {
+        size_t even = 2 * 4 * chunks[c] / 4;
+        for (int d = -1; d <= 1; d++) {
+            test_allreduce(CRUX_FLOAT, CRUX_SUM, even - 1 + (size_t)(d + 1), d == 0);
+            test_allreduce(CRUX_INT32, CRUX_MIN, even - 1 + (size_t)(d + 1), d != 0);
+        }
+    }
+    test_large_stream_from(edge / 4 / 2 + 1, edge / 4 / 7 + 13, 24);
+}
+
+/* A pipelined crux_iallreduce driven only by crux_test: it resumes where the
+ * staging ring stalled, call after call, and lands exact values. */
+static void test_pipe_request(size_t count)
+{
+    int32_t *buf = xmalloc(count * 4);
+    for (int it = 0; it < 3; it++) {
+        for (size_t i = 0; i < count; i++)
+            buf[i] = (int32_t)(i * 2) + rank + it;
+        crux_request_t req;
+        int done = 0;
+        long polls = 0;
+        CHECK_RC(crux_iallreduce(CRUX_IN_PLACE, buf, count, CRUX_INT32, CRUX_SUM, CRUX_COMM_WORLD, &req));
+        while (!done) {
+            CHECK_RC(crux_test(&req, &done));
+            polls++;
+        }
+        for (size_t i = 0; i < count; i++)
+            if (buf[i] != (int32_t)(i * 4) + 1 + 2 * it) {
+                printf("rank %d: FAIL pipelined request call %d element %zu is %d (%ld polls)\n",
+                       rank, it, i, buf[i], polls);
+                failures++;
+                it = 3;
+                break;
+            }
+    }
+    free(buf);
+}
+
+static int mode_pipe(const char *edge)
+{
+    if (!edge || nranks != 2) {
+        fprintf(stderr, "pipe needs EDGE_BYTES and 2 ranks\n");
+        return 1;
+    }
+    size_t bytes = strtoull(edge, NULL, 0);
+    test_pipe_edges(bytes);
+    test_pipe_request(bytes / 4 * 3 + 5);
+    test_two_comm_requests();
+    return failures ? 1 : 0;
 }
 
 static int mode_node(void)
@@ -654,8 +723,8 @@ int main(int argc, char **argv)
         argc -= 2;
     }
     if (argc < 2) {
-        fprintf(stderr, "usage: %s [--hosts H0,H1,...] coll [--quick] | allreduce | node | kill|stall VICTIM "
-                "ITER | mismatch count|bigcount|dtype|op\n", argv[0]);
+        fprintf(stderr, "usage: %s [--hosts H0,H1,...] coll [--quick] | allreduce | node | pipe EDGE_BYTES | "
+                "kill|stall VICTIM ITER | mismatch count|bigcount|dtype|op\n", argv[0]);
         return 2;
     }
     CHECK_RC(crux_init(&argc, &argv));
@@ -670,6 +739,8 @@ int main(int argc, char **argv)
         return mode_kill(atoi(argv[2]), atol(argv[3]), SIGSTOP);
     else if (!strcmp(argv[1], "node"))
         rc = mode_node();
+    else if (!strcmp(argv[1], "pipe"))
+        rc = mode_pipe(argc > 2 ? argv[2] : NULL);
     else if (!strcmp(argv[1], "allreduce"))
         rc = mode_allreduce();
     else if (!strcmp(argv[1], "mismatch") && argc == 3)

@@ -58,6 +58,18 @@ Test(shm_node, forced_allreduce_5) { run_mode(5, "allreduce", NULL, "CRUX_ALGO=s
 Test(shm_node, eager_64k_2) { run_mode(2, "node", NULL, "CRUX_SHM_EAGER_BYTES=64K"); }
 Test(shm_node, eager_64k_2_forced) { run_mode2(2, "node", NULL, "CRUX_SHM_EAGER_BYTES=64K", "CRUX_ALGO=shm"); }
 
+/* Two ranks around the pipeline's edges (rank_prog.c test_pipe_edges). PIPE_EDGE is
+ * algo/select.c's SELECT_SHM_PIPE_MIN_BYTES: auto runs the ring below it and the
+ * pipeline from it. Forced (CRUX_ALGO=shm) every size past the mailbox takes the
+ * pipeline, so the small chunk geometries run too: with 256 KiB staging slots,
+ * with 64 KiB slots (chunks capped below a quarter half), and without spinning
+ * (every wait sleeps). */
+#define PIPE_EDGE "8388608"
+Test(shm_node, pipe_edges_2) { run_mode(2, "pipe", PIPE_EDGE, NULL); }
+Test(shm_node, pipe_edges_2_forced) { run_mode(2, "pipe", PIPE_EDGE, "CRUX_ALGO=shm"); }
+Test(shm_node, pipe_edges_2_chunk_64k) { run_mode2(2, "pipe", PIPE_EDGE, "CRUX_ALGO=shm", "CRUX_CHUNK_BYTES=64K"); }
+Test(shm_node, pipe_edges_2_sleep) { run_mode2(2, "pipe", PIPE_EDGE, "CRUX_ALGO=shm", "CRUX_SPIN_US=0"); }
+
 /* Ranks that disagree on count/dtype/op all get CRUX_ERR_MISMATCH (exit 3), never
  * data: rank 0 differs, and every rank's first receive involves rank 0. */
 static void run_mismatch(int n, const char *what)

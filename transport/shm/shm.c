@@ -261,19 +261,28 @@ static int shm_block(struct crux_tp *base, int timeout_ms)
     return tp->ndead ? CRUX_ERR_PEER : CRUX_SUCCESS;
 }
 
-/* Has anything arrived from p that a node schedule (shm_direct.h) may wait for:
- * a mailbox message, a staging fragment, or a returned staging slot? */
-static int direct_ready(struct shm_peer *p)
+/* Has anything new arrived from p that a node schedule (shm_direct.h) may wait
+ * for: a mailbox message, a staging fragment, or a returned staging slot? Each
+ * arrival counts as news once: a schedule that cannot take the head fragment yet
+ * (it waits for a free outgoing slot) must still be able to sleep. */
+static int direct_news(struct shm_peer *p)
 {
-    const struct shm_slot *s = &p->rx.slots[p->rx_msgs & (p->rx.nslots - 1)];
-    if ((uint32_t)atomic_load_explicit(&s->ctl, memory_order_acquire) == (uint32_t)(p->rx_msgs + 1))
+    uint64_t m = p->seen_msgs > p->rx_msgs ? p->seen_msgs : p->rx_msgs;
+    const struct shm_slot *s = &p->rx.slots[m & (p->rx.nslots - 1)];
+    if (m - p->rx_msgs < p->rx.nslots &&
+        (uint32_t)atomic_load_explicit(&s->ctl, memory_order_acquire) == (uint32_t)(m + 1)) {
+        p->seen_msgs = m + 1;
         return 1;
-    uint64_t k = p->rx_frags & (p->rx.depth - 1);
-    if (atomic_load_explicit(&p->rx.desc[k].stamp, memory_order_acquire) == p->rx_frags + 1)
+    }
+    uint64_t f = p->seen_frags > p->rx_frags ? p->seen_frags : p->rx_frags;
+    if (f - p->rx_frags < p->rx.depth &&
+        atomic_load_explicit(&p->rx.desc[f & (p->rx.depth - 1)].stamp, memory_order_acquire) == f + 1) {
+        p->seen_frags = f + 1;
         return 1;
+    }
     uint64_t cr = atomic_load_explicit(&p->tx.credit->frags, memory_order_acquire);
     if (cr != p->cr_frags) {
-        p->cr_frags = cr; /* counted as news once */
+        p->cr_frags = cr;
         return 1;
     }
     return 0;
@@ -283,14 +292,20 @@ int crux_shm_direct_block(struct crux_tp *base, int peer, int timeout_ms)
 {
     struct shm_tp *tp = (struct shm_tp *)base;
     struct shm_peer *p = peer_lookup(tp, peer);
+    if (!p || p->dead)
+        return CRUX_ERR_PEER;
+    /* News since the caller last looked: no sleep, and no death-check syscalls
+     * (the caller's crux_progress checks deaths at its own pace). */
+    if (direct_news(p))
+        return CRUX_SUCCESS;
     int ndead = tp->ndead;
     check_deaths(tp);
-    if (tp->ndead != ndead || !p || p->dead)
+    if (tp->ndead != ndead || p->dead)
         return CRUX_ERR_PEER;
     shm_settle(tp); /* wake-ups we still owe, before we stop running */
     atomic_store_explicit(&tp->door->sleeping, 1, memory_order_seq_cst);
     uint32_t seen = atomic_load_explicit(&tp->door->bell, memory_order_seq_cst);
-    if (!direct_ready(p)) {
+    if (!direct_news(p)) {
         futex_sleep(tp->door, seen, timeout_ms);
         tp->st.sleeps++;
     }

@@ -26,7 +26,7 @@
 #define SHM_PAGE 4096
 #define SHM_INLINE 32            /* payload bytes carried in a mailbox slot */
 #define SHM_NSLOTS 64            /* messages in flight per directed pair */
-#define SHM_STAGE_DEPTH 4        /* staging fragments in flight per directed pair */
+#define SHM_STAGE_DEPTH 8        /* staging fragments in flight per directed pair */
 #define SHM_STAGED 0xffffffffu   /* ctl length field: payload goes through staging */
 #define SHM_MAGIC 0x6372757873686d31ull /* "cruxshm1" */
 #define SHM_EAGER_MAX (1u << 20) /* eager messages are bounded by the data ring */
@@ -110,6 +110,7 @@ struct shm_peer {
     uint64_t cr_msgs, cr_data, cr_frags;
     /* receiver side: consumed counters */
     uint64_t rx_msgs, rx_data, rx_frags;
+    uint64_t seen_msgs, seen_frags; /* arrivals a node schedule's wait has seen */
     int rx_state;
     uint64_t rx_discard;         /* staged bytes still to drop after a mismatch */
     struct crux_xfer *sq_head, *sq_tail, *rq_head, *rq_tail;

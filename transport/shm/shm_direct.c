@@ -103,10 +103,19 @@ int crux_shm_xchg_now(struct crux_tp *base, int peer, const struct crux_msg_hdr 
     return CRUX_SUCCESS;
 }
 
-/* algo/shm_node.c's two-phase order (RS LARGE_LAG=2 chunks ahead, then AG and RS
- * alternating on one ring) needs 4 slots per direction to never deadlock (checked
- * by exhaustive simulation of both ranks' interleavings for up to 8 chunks a half). */
-_Static_assert(SHM_STAGE_DEPTH >= 4, "node schedules need >= 4 staging slots");
+/* algo/shm_pipe.c's two-phase order (RS depth/2 chunks ahead, then AG and RS
+ * alternating on one ring) never deadlocks when the lag is at most half the ring
+ * (exhaustive simulation of both ranks' interleavings: depth 4, 8 and 16 with
+ * lag depth/2 for up to 20 chunks a half and halves differing by one chunk;
+ * any larger lag deadlocks). */
+_Static_assert(SHM_STAGE_DEPTH >= 4 && SHM_STAGE_DEPTH % 2 == 0,
+               "node schedules need >= 4 staging slots, an even number");
+
+size_t crux_shm_frag_depth(struct crux_tp *base, int peer)
+{
+    struct shm_peer *p = direct_peer(base, peer);
+    return p->tx.depth < p->rx.depth ? p->tx.depth : p->rx.depth;
+}
 
 size_t crux_shm_frag_bytes(struct crux_tp *base, int peer)
 {
@@ -134,6 +143,9 @@ void crux_shm_frag_tx_post(struct crux_tp *base, int peer, size_t n)
     p->tx.desc[k].bytes = n;
     p->tx_frags++;
     atomic_store_explicit(&p->tx.desc[k].stamp, p->tx_frags, memory_order_release);
+    /* Order the stamp before the peer's sleeping flag is read (a peer that just
+     * went to sleep is woken, not left to its timeout). */
+    atomic_thread_fence(memory_order_seq_cst);
     shm_ring(tp, p);
     tp->st.st_frags++;
     tp->st.st_bytes += n;
@@ -155,6 +167,7 @@ void crux_shm_frag_rx_done(struct crux_tp *base, int peer)
     struct shm_peer *p = direct_peer(base, peer);
     p->rx_frags++;
     atomic_store_explicit(&p->rx.credit->frags, p->rx_frags, memory_order_release);
+    atomic_thread_fence(memory_order_seq_cst); /* as in frag_tx_post */
     shm_ring(tp, p);
 }
 

@@ -52,6 +52,7 @@ int crux_shm_xchg_now(struct crux_tp *tp, int peer, const struct crux_msg_hdr *h
  *  frag_rx: the next arrived fragment (NULL if none) and its length;
  *           frag_rx_done hands its slot back to the sender. */
 size_t crux_shm_frag_bytes(struct crux_tp *tp, int peer); /* slot capacity */
+size_t crux_shm_frag_depth(struct crux_tp *tp, int peer); /* slots per direction */
 void *crux_shm_frag_tx(struct crux_tp *tp, int peer, size_t *cap);
 void crux_shm_frag_tx_post(struct crux_tp *tp, int peer, size_t n);
 const void *crux_shm_frag_rx(struct crux_tp *tp, int peer, size_t *n);

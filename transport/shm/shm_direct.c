@@ -67,40 +67,19 @@ int crux_shm_recv_now(struct crux_tp *base, int peer, const struct crux_msg_hdr 
     return CRUX_SUCCESS;
 }
 
-/* The peer's next mailbox slot once its message is there, else NULL. */
-static inline const struct shm_slot *direct_peek(const struct shm_peer *p, uint64_t *ctl)
-{
-    const struct shm_slot *s = &p->rx.slots[p->rx_msgs & (p->rx.nslots - 1)];
-    *ctl = atomic_load_explicit(&s->ctl, memory_order_acquire);
-    return (uint32_t)*ctl == (uint32_t)(p->rx_msgs + 1) ? s : NULL;
-}
-
 int crux_shm_xchg_now(struct crux_tp *base, int peer, const struct crux_msg_hdr *hdr,
                       const void *buf, void *dst, const void *a, crux_datatype_t dtype,
                       crux_op_t op, unsigned polls, int *sent)
 {
-    struct shm_tp *tp = (struct shm_tp *)base;
-    struct shm_peer *p = direct_peer(base, peer);
     *sent = 0;
-    if (!p || p->dead || p->sq_head || p->rq_head || p->rx_state != SHM_RX_IDLE ||
-        hdr->len > p->eager_max || !shm_post_eager(tp, p, hdr, buf))
+    if (!crux_shm_direct_ok(base, peer) || crux_shm_send_now(base, peer, hdr, buf) != CRUX_SUCCESS)
         return CRUX_INPROGRESS;
     *sent = 1;
-    uint64_t ctl = 0;
-    const struct shm_slot *s = NULL;
-    for (unsigned i = 0; i < polls && !(s = direct_peek(p, &ctl)); i++)
+    int rc = CRUX_INPROGRESS;
+    for (unsigned i = 0; i < polls && (rc = crux_shm_recv_now(base, peer, hdr, dst, a, dtype, op)) ==
+                                          CRUX_INPROGRESS; i++)
         cpu_relax();
-    if (!s)
-        return CRUX_INPROGRESS;
-    if (__builtin_expect(!shm_hdr_check(p, s, ctl, hdr), 0)) {
-        shm_skip_message(tp, p, s, ctl);
-        return CRUX_ERR_MISMATCH;
-    }
-    if ((uint32_t)(ctl >> 32) == SHM_STAGED)
-        return CRUX_INPROGRESS;
-    struct shm_land how = {dtype, op, a ? (unsigned)__builtin_ctzl(crux_datatype_size(dtype)) : 0, 0};
-    shm_take_eager(tp, p, s, hdr->len, dst, a, &how);
-    return CRUX_SUCCESS;
+    return rc;
 }
 
 /* algo/shm_pipe.c's two-phase order (RS depth/2 chunks ahead, then AG and RS

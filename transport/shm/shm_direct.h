@@ -43,8 +43,8 @@ int crux_shm_xchg_now(struct crux_tp *tp, int peer, const struct crux_msg_hdr *h
                       const void *buf, void *dst, const void *a, crux_datatype_t dtype,
                       crux_op_t op, unsigned polls, int *sent);
 
-/* Staging fragments for node schedules that pipeline themselves (algo/shm_node.c
- * large messages). Same ring, stamps and credits as staged messages, consumed in
+/* Staging fragments for node schedules that pipeline themselves (algo/shm_pipe.c:
+ * two ranks, large messages). Same ring, stamps and credits as staged messages, consumed in
  * order, so FIFO with everything else on the pair holds; unlike a staged message
  * they carry no header slot: the schedule sends one mailbox message first.
  *  frag_tx: the next free outgoing slot (NULL while the peer holds all of them)

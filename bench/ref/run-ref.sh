@@ -139,6 +139,12 @@ BIN_OMPI="$BUILD/ref_osu_allreduce.openmpi"
 BIN_MPICH="$BUILD/ref_osu_allreduce.mpich"
 build mpicc.openmpi "$BIN_OMPI"
 build mpicc.mpich "$BIN_MPICH"
+# The cross-core floor of a small shm allreduce (bench/ref/c2c_floor.c).
+FLOOR_SRC="$HERE/c2c_floor.c"
+BIN_FLOOR="$BUILD/c2c_floor"
+if [ -f "$FLOOR_SRC" ] && { [ ! -x "$BIN_FLOOR" ] || [ "$FLOOR_SRC" -nt "$BIN_FLOOR" ]; }; then
+  gcc -O2 -o "$BIN_FLOOR" "$FLOOR_SRC" || BIN_FLOOR=""
+fi
 [ "$BUILD_ONLY" = 1 ] && { echo "# built $BIN_OMPI $BIN_MPICH"; exit 0; }
 
 NCPU=$(nproc)
@@ -255,12 +261,20 @@ if [ "$BUILD_ONLY" = 0 ]; then
   [ "$idle" -ge 90 ] || QUIET_INFO+="  WARNING: other load present, numbers may be disturbed: $(top -b -n 1 | awk 'NR > 7 && $9 > 20 {printf "%s(%s%%) ", $12, $9}')"
 fi
 
+# One flag exchange between two pinned processes: no shm allreduce of a few bytes
+# can beat it, and on this VM it moves with the host (0.08-0.26 us seen).
+floor_line() {
+  [ -n "$BIN_FLOOR" ] && [ -x "$BIN_FLOOR" ] || return 0
+  echo "# cross-core floor $1 the table (c2c_floor: one flag exchange, median/mean us): $("$BIN_FLOOR" 2>&1)"
+}
+
 machine_facts() {
   echo "# ${REFBENCH_LABEL:-shared memory (default transports)}"
   echo "# date: $(date -u +%FT%TZ)  host: $(hostname)  nproc: $NCPU  np: $NP  dtype: $DTYPE"
   echo "# $(mpirun.openmpi --version 2>/dev/null | head -1); MPICH $(mpichversion 2>/dev/null | awk -F':[ \t]*' '/Version|Device/{printf "%s ", $2}')"
   echo "# THP enabled: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)  defrag: $(cat /sys/kernel/mm/transparent_hugepage/defrag 2>/dev/null)"
   echo "# load before run: $(cut -d' ' -f1-3 /proc/loadavg); $QUIET_INFO"
+  floor_line before
   echo "# OMPI:  ${OMPI_LAUNCH[*]} $BIN_OMPI ${COMMON_ARGS[*]} -m S:S -i I -x X"
   echo "# MPICH: ${MPICH_LAUNCH[*]} $BIN_MPICH ${COMMON_ARGS[*]} -m S:S -i I -x X"
   [ -n "${EXTRA_CMD:-}" ] && echo "# $EXTRA_NAME: $EXTRA_CMD$([ "$EXTRA_ARGS" = 1 ] && echo " -m S:S -i I -x X $EXTRA_FLAGS")"
@@ -390,6 +404,7 @@ hugetlb_check() {
     main_table
     [ "$HUGE_CHECK" = 1 ] && hugetlb_check
   fi
+  floor_line after
   echo "# load after run: $(cut -d' ' -f1-3 /proc/loadavg); machine idle $(idle_pct 2)% over 2 s after the run"
   echo "# raw outputs: $OUT"
 } 2>&1 | tee "$OUT/table.txt"

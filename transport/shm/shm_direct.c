@@ -67,6 +67,31 @@ int crux_shm_recv_now(struct crux_tp *base, int peer, const struct crux_msg_hdr 
     return CRUX_SUCCESS;
 }
 
+/* A message longer than a slot's inline bytes lands in the eager ring at rx_data,
+ * written before its slot. Fetching those lines while we poll the slot overlaps their
+ * transfer with the slot's, instead of starting it once the slot shows up (one
+ * cross-core round trip less; 2026-12-07, 2 ranks, medians at a 0.27 us floor: 64 B
+ * 0.44 -> 0.33 us, 256 B 0.46 -> 0.35, 1 KiB 0.69 -> 0.63). Only the first lines
+ * before the ring wraps: a longer message's copy streams anyway, and each poll
+ * should stay cheap. */
+#define XCHG_PREFETCH_LINES 16
+static const unsigned char *ring_lines_ahead(const struct shm_peer *p, size_t len, size_t *lines)
+{
+    uint64_t at = p->rx_data & (p->rx.data_bytes - 1);
+    size_t first = p->rx.data_bytes - at;
+    size_t n = len < first ? len : first;
+    *lines = (n + SHM_LINE - 1) / SHM_LINE;
+    if (*lines > XCHG_PREFETCH_LINES)
+        *lines = XCHG_PREFETCH_LINES;
+    return p->rx.data + at;
+}
+
+static inline void prefetch_lines(const unsigned char *at, size_t lines)
+{
+    for (size_t l = 0; l < lines; l++)
+        __builtin_prefetch(at + l * SHM_LINE, 0, 3);
+}
+
 int crux_shm_xchg_now(struct crux_tp *base, int peer, const struct crux_msg_hdr *hdr,
                       const void *buf, void *dst, const void *a, crux_datatype_t dtype,
                       crux_op_t op, unsigned polls, int *sent)
@@ -76,9 +101,15 @@ int crux_shm_xchg_now(struct crux_tp *base, int peer, const struct crux_msg_hdr 
         return CRUX_INPROGRESS;
     *sent = 1;
     int rc = CRUX_INPROGRESS;
+    const unsigned char *ring = NULL;
+    size_t lines = 0;
+    if (hdr->len > SHM_INLINE) /* the payload comes through the eager ring: see below */
+        ring = ring_lines_ahead(direct_peer(base, peer), hdr->len, &lines);
     for (unsigned i = 0; i < polls && (rc = crux_shm_recv_now(base, peer, hdr, dst, a, dtype, op)) ==
-                                          CRUX_INPROGRESS; i++)
+                                          CRUX_INPROGRESS; i++) {
+        prefetch_lines(ring, lines);
         cpu_relax();
+    }
     return rc;
 }
 

@@ -83,8 +83,10 @@ int crux_idx_decode(const uint8_t *in, size_t len, size_t n, uint32_t *idx,
 
 /* ------------------------------------------------------ count sketch --- */
 
-/* r rows x c columns; row j hashes index i to column h_j(i) with sign s_j(i),
- * both seeded multiply-shift hashes (same seed -> same hashes on every rank). */
+/* r rows x c columns; row j sends index i to column h_j(i) with sign s_j(i): s_j a
+ * seeded multiply-shift hash of i, h_j the run of 16 consecutive columns a seeded
+ * multiply-shift hash of i/16 picks (codec_isa.h); same seed -> same hashes on every
+ * rank. */
 struct crux_sketch {
     int rows, cols;
     float *table;          /* rows * cols, row-major, 64-byte aligned */

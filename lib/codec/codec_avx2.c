@@ -106,47 +106,40 @@ static inline __attribute__((always_inline)) T256 __m256i mad_lanes(uint64_t a, 
     return _mm256_loadu_si256((const __m256i *)v);
 }
 
-/* codec_avx512.c's hash16 with 8 elements per step (even / odd lanes, i steps by adds). */
+/* codec_avx512.c's sign16 with 8 elements per step (even / odd lanes, i steps by adds). */
 static inline __attribute__((always_inline)) T256 void
-hash8(const struct crux_sketch *s, int row, uint32_t base, const float *x, size_t cnt,
-      uint32_t *col, uint32_t *out)
+sign8(const struct crux_sketch *s, int row, uint32_t base, const float *x, size_t cnt,
+      uint32_t *out)
 {
-    const uint64_t a = s->hash_a[row], b = s->hash_b[row], sa = s->sign_a[row], sb = s->sign_b[row];
-    __m256i he = mad_lanes(a, b, base, 0), ho = mad_lanes(a, b, base, 1);
+    const uint64_t sa = s->sign_a[row], sb = s->sign_b[row];
     __m256i ge = mad_lanes(sa, sb, base, 0), go = mad_lanes(sa, sb, base, 1);
-    const __m256i da = _mm256_set1_epi64x((long long)(a * 8)), dsa = _mm256_set1_epi64x((long long)(sa * 8));
-    const __m256i cols = _mm256_set1_epi64x((long long)(uint32_t)s->cols);
+    const __m256i dsa = _mm256_set1_epi64x((long long)(sa * 8));
     const __m256i sign = _mm256_set1_epi32((int)0x80000000u);
     for (size_t t = 0; t + 8 <= cnt; t += 8) {
-        __m256i ce = _mm256_srli_epi64(_mm256_mul_epu32(_mm256_srli_epi64(he, 32), cols), 32);
-        __m256i co = _mm256_mul_epu32(_mm256_srli_epi64(ho, 32), cols);
-        _mm256_storeu_si256((__m256i *)(col + t), _mm256_blend_epi32(ce, co, 0xaa));
         __m256i sg = _mm256_and_si256(_mm256_blend_epi32(_mm256_srli_epi64(ge, 32), go, 0xaa), sign);
         if (x)
             sg = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(x + t)), sg);
         _mm256_storeu_si256((__m256i *)(out + t), sg);
-        he = _mm256_add_epi64(he, da);
-        ho = _mm256_add_epi64(ho, da);
         ge = _mm256_add_epi64(ge, dsa);
         go = _mm256_add_epi64(go, dsa);
     }
 }
 
-T256 void codec_hash_avx2(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
-                          uint32_t *col, uint32_t *sgn)
+T256 void codec_sign_avx2(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
+                          uint32_t *sgn)
 {
-    hash8(s, row, base, NULL, cnt, col, sgn);
+    sign8(s, row, base, NULL, cnt, sgn);
     size_t t = cnt & ~(size_t)7;
     if (t < cnt)
-        codec_hash_scalar(s, row, base + (uint32_t)t, cnt - t, col + t, sgn + t);
+        codec_sign_scalar(s, row, base + (uint32_t)t, cnt - t, sgn + t);
 }
 
-T256 void codec_hash_val_avx2(const struct crux_sketch *s, int row, uint32_t base, const float *x,
-                              size_t cnt, uint32_t *col, float *val)
+T256 void codec_sign_val_avx2(const struct crux_sketch *s, int row, uint32_t base, const float *x,
+                              size_t cnt, float *val)
 {
-    hash8(s, row, base, x, cnt, col, (uint32_t *)val);
+    sign8(s, row, base, x, cnt, (uint32_t *)val);
     size_t t = cnt & ~(size_t)7;
     if (t < cnt)
-        codec_hash_val_scalar(s, row, base + (uint32_t)t, x + t, cnt - t, col + t, val + t);
+        codec_sign_val_scalar(s, row, base + (uint32_t)t, x + t, cnt - t, val + t);
 }
 #endif

@@ -151,52 +151,45 @@ static inline __attribute__((always_inline)) T512 __m512i mad_lanes(uint64_t a, 
     return _mm512_loadu_si512(v);
 }
 
-/* 16 elements per step: even elements in the e lanes, odd ones in the o lanes, so the
- * columns (high dword of h*cols) and signs (bit 63 of the sign hash) land in element
- * order with one blend each. i advances by 16, so every lane adds 16a (no multiply).
- * out[t] = x[t] with the sign applied, or the sign bit alone when x is NULL. */
+/* Signs of 16 elements per step: even elements in the e lanes, odd ones in the o
+ * lanes, so bit 63 of each lane's sign hash lands in element order with one blend.
+ * i advances by 16, so every lane adds 16*sa (no multiply). out[t] = x[t] with the
+ * sign applied, or the sign bit alone when x is NULL. */
 static inline __attribute__((always_inline)) T512 void
-hash16(const struct crux_sketch *s, int row, uint32_t base, const float *x, size_t cnt,
-       uint32_t *col, uint32_t *out)
+sign16(const struct crux_sketch *s, int row, uint32_t base, const float *x, size_t cnt,
+       uint32_t *out)
 {
-    const uint64_t a = s->hash_a[row], b = s->hash_b[row], sa = s->sign_a[row], sb = s->sign_b[row];
-    __m512i he = mad_lanes(a, b, base, 0), ho = mad_lanes(a, b, base, 1);
+    const uint64_t sa = s->sign_a[row], sb = s->sign_b[row];
     __m512i ge = mad_lanes(sa, sb, base, 0), go = mad_lanes(sa, sb, base, 1);
-    const __m512i da = _mm512_set1_epi64((long long)(a * 16)), dsa = _mm512_set1_epi64((long long)(sa * 16));
-    const __m512i cols = _mm512_set1_epi64((long long)(uint32_t)s->cols);
+    const __m512i dsa = _mm512_set1_epi64((long long)(sa * 16));
     const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
     for (size_t t = 0; t + 16 <= cnt; t += 16) {
-        __m512i ce = _mm512_srli_epi64(_mm512_mul_epu32(_mm512_srli_epi64(he, 32), cols), 32);
-        __m512i co = _mm512_mul_epu32(_mm512_srli_epi64(ho, 32), cols);
-        _mm512_storeu_si512(col + t, _mm512_mask_blend_epi32(0xaaaa, ce, co));
         __m512i sg = _mm512_mask_blend_epi32(0xaaaa, _mm512_srli_epi64(ge, 32), go);
         if (x) /* x ^ (sg & sign) */
             sg = _mm512_ternarylogic_epi32(_mm512_loadu_si512(x + t), sg, sign, 0x78);
         else
             sg = _mm512_and_si512(sg, sign);
         _mm512_storeu_si512(out + t, sg);
-        he = _mm512_add_epi64(he, da);
-        ho = _mm512_add_epi64(ho, da);
         ge = _mm512_add_epi64(ge, dsa);
         go = _mm512_add_epi64(go, dsa);
     }
 }
 
-T512 void codec_hash_avx512(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
-                            uint32_t *col, uint32_t *sgn)
+T512 void codec_sign_avx512(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
+                            uint32_t *sgn)
 {
-    hash16(s, row, base, NULL, cnt, col, sgn);
+    sign16(s, row, base, NULL, cnt, sgn);
     size_t t = cnt & ~(size_t)15;
     if (t < cnt)
-        codec_hash_scalar(s, row, base + (uint32_t)t, cnt - t, col + t, sgn + t);
+        codec_sign_scalar(s, row, base + (uint32_t)t, cnt - t, sgn + t);
 }
 
-T512 void codec_hash_val_avx512(const struct crux_sketch *s, int row, uint32_t base,
-                                const float *x, size_t cnt, uint32_t *col, float *val)
+T512 void codec_sign_val_avx512(const struct crux_sketch *s, int row, uint32_t base,
+                                const float *x, size_t cnt, float *val)
 {
-    hash16(s, row, base, x, cnt, col, (uint32_t *)val);
+    sign16(s, row, base, x, cnt, (uint32_t *)val);
     size_t t = cnt & ~(size_t)15;
     if (t < cnt)
-        codec_hash_val_scalar(s, row, base + (uint32_t)t, x + t, cnt - t, col + t, val + t);
+        codec_sign_val_scalar(s, row, base + (uint32_t)t, x + t, cnt - t, val + t);
 }
 #endif

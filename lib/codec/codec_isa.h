@@ -64,33 +64,44 @@ int codec_topk_last_path(const struct crux_topk_ws *ws);
 /* Safety margin of the sampled threshold in binomial standard deviations (default 3). */
 void codec_topk_set_margin(struct crux_topk_ws *ws, double z);
 
-/* Sketch hashing of row `row` for global indices base .. base+cnt-1 (no wrap past
- * 2^32-1 on the vector paths, as below): col[t] = column, sgn[t] = 0x80000000 if the
- * sign is negative else 0. */
-void codec_hash_scalar(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
-                       uint32_t *col, uint32_t *sgn);
-void codec_hash_avx2(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
-                     uint32_t *col, uint32_t *sgn);
-void codec_hash_avx512(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
-                       uint32_t *col, uint32_t *sgn);
+/* Sketch signs of row `row` for global indices base .. base+cnt-1 (no wrap past
+ * 2^32-1 on the vector paths: they step sa*i+sb by adds; sketch.c splits a block at
+ * the wrap): sgn[t] = 0x80000000 if the sign is negative else 0. */
+void codec_sign_scalar(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
+                       uint32_t *sgn);
+void codec_sign_avx2(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
+                     uint32_t *sgn);
+void codec_sign_avx512(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
+                       uint32_t *sgn);
 
-/* The same hash fused with the sign flip, for encoding: col[t] = column and val[t] = x[t]
- * with its sign bit flipped where the row's sign is negative, for global indices
- * base .. base+cnt-1, which must not wrap past 2^32-1 (the vector paths step a*i+b by
- * adds; sketch.c splits a block at the wrap). */
-void codec_hash_val_scalar(const struct crux_sketch *s, int row, uint32_t base, const float *x,
-                           size_t cnt, uint32_t *col, float *val);
-void codec_hash_val_avx2(const struct crux_sketch *s, int row, uint32_t base, const float *x,
-                         size_t cnt, uint32_t *col, float *val);
-void codec_hash_val_avx512(const struct crux_sketch *s, int row, uint32_t base, const float *x,
-                           size_t cnt, uint32_t *col, float *val);
+/* The same fused with the sign flip, for encoding: val[t] = x[t] with its sign bit
+ * flipped where the row's sign is negative. */
+void codec_sign_val_scalar(const struct crux_sketch *s, int row, uint32_t base, const float *x,
+                           size_t cnt, float *val);
+void codec_sign_val_avx2(const struct crux_sketch *s, int row, uint32_t base, const float *x,
+                         size_t cnt, float *val);
+void codec_sign_val_avx512(const struct crux_sketch *s, int row, uint32_t base, const float *x,
+                           size_t cnt, float *val);
 
-/* The multiply-shift hash all paths implement: 64-bit a*i + b, top 32 bits, mapped to
- * [0, cols) by a 32x32->64 multiply (fastrange); sign = top bit of sa*i + sb. */
+/* Columns come in runs: the CODEC_SKETCH_RUN consecutive indices of run i / RUN go to
+ * consecutive columns from a multiply-shift hash of the run number (64-bit a*run + b,
+ * top 32 bits, mapped to [0, cols) by a 32x32->64 multiply), wrapping at cols. Two
+ * indices of different runs share a column with probability ~1/cols, as with a
+ * per-index hash, and two of one run never do, so the row estimate keeps Count
+ * Sketch's variance bound (Charikar et al. need pairwise-independent signs and
+ * collisions at rate <= 1/cols); signs stay per index. A run lands as one vector
+ * add instead of 16 scattered read-modify-writes (sketch.c). Sign = top bit of
+ * sa*i + sb. */
+#define CODEC_SKETCH_RUN 16u
+static inline uint32_t codec_run_col(uint64_t a, uint64_t b, uint32_t cols, uint32_t run)
+{
+    uint32_t h = (uint32_t)((a * run + b) >> 32);
+    return (uint32_t)(((uint64_t)h * cols) >> 32);
+}
 static inline uint32_t codec_hash_col(uint64_t a, uint64_t b, uint32_t cols, uint32_t i)
 {
-    uint32_t h = (uint32_t)((a * i + b) >> 32);
-    return (uint32_t)(((uint64_t)h * cols) >> 32);
+    uint32_t c = codec_run_col(a, b, cols, i / CODEC_SKETCH_RUN) + i % CODEC_SKETCH_RUN;
+    return c < cols ? c : (c - cols) % cols;
 }
 static inline uint32_t codec_hash_sign(uint64_t a, uint64_t b, uint32_t i)
 {

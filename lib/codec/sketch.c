@@ -1,15 +1,17 @@
 /* sketch.c - Count Sketch (codec.h): r x c table, seeded multiply-shift hashes.
  *
- * Row j sends index i to column fastrange(hi32(a_j*i + b_j), c) with sign bit
- * hi32(sa_j*i + sb_j) >> 31 (codec_isa.h), a_j and sa_j odd. x is processed in blocks
- * of BLOCK elements: the columns and signed values of a block are computed in vector
- * lanes (AVX-512 / AVX2 / scalar, identical bits), then added to the row with scalar
- * read-modify-writes. Every cell receives its additions in increasing i on every path, so tables
- * are bit-identical whatever the ISA.
+ * Row j sends the run of 16 indices i / 16 to the consecutive columns from
+ * fastrange(hi32(a_j*(i/16) + b_j), c) (wrapping at c), each index with sign bit
+ * hi32(sa_j*i + sb_j) >> 31 (codec_isa.h says why runs), a_j and sa_j odd. x is
+ * processed in blocks of BLOCK elements: the signed values of a block are computed in
+ * vector lanes (AVX-512 / AVX2 / scalar, identical bits), then each run is added to its
+ * columns as one vector add. Every cell receives its additions in increasing i on
+ * every path, so tables are bit-identical whatever the ISA.
  * The median of an even number of rows is the mean of the two middle estimates.
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #ifdef __SSE2__
 #include <immintrin.h>
 #endif
@@ -29,6 +31,24 @@ static uint64_t splitmix64(uint64_t *s)
     return z ^ (z >> 31);
 }
 
+/* A table of 2 MiB or more is 2 MiB-aligned and asks for transparent huge pages: a row
+ * of a 4 MiB table spans 200-340 4 KiB pages, more than the L1 TLB holds, so without
+ * them most scattered updates also miss the L1 TLB (5 x 209715 encodes ~8% faster,
+ * NOTES.md). */
+#define HUGE_PAGE (2u << 20)
+static float *table_alloc(size_t bytes)
+{
+    if (bytes < HUGE_PAGE)
+        return aligned_alloc(64, (bytes + 63) / 64 * 64);
+    bytes = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+    float *t = aligned_alloc(HUGE_PAGE, bytes);
+#ifdef MADV_HUGEPAGE
+    if (t)
+        (void)madvise(t, bytes, MADV_HUGEPAGE); /* advice only: 4 KiB pages still work */
+#endif
+    return t;
+}
+
 int crux_sketch_init(struct crux_sketch *s, int rows, int cols, uint64_t seed)
 {
     memset(s, 0, sizeof *s);
@@ -38,13 +58,12 @@ int crux_sketch_init(struct crux_sketch *s, int rows, int cols, uint64_t seed)
         return CRUX_ERR_ARG;
     }
     size_t bytes = (size_t)rows * (size_t)cols * sizeof(float);
-    bytes = (bytes + 63) / 64 * 64;
-    s->table = aligned_alloc(64, bytes);
+    s->table = table_alloc(bytes);
     if (!s->table) {
         crux_error(CRUX_SUBSYS_CODEC, "count sketch table of %zu bytes: out of memory", bytes);
         return CRUX_ERR_NOMEM;
     }
-    memset(s->table, 0, bytes);
+    memset(s->table, 0, bytes); /* after madvise: the first touch maps huge pages */
     s->rows = rows;
     s->cols = cols;
     uint64_t st = seed;
@@ -77,102 +96,137 @@ static inline float flip(float v, uint32_t sign)
     return v;
 }
 
-void codec_hash_scalar(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
-                       uint32_t *col, uint32_t *sgn)
+void codec_sign_scalar(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
+                       uint32_t *sgn)
 {
-    for (size_t t = 0; t < cnt; t++) {
-        uint32_t i = base + (uint32_t)t;
-        col[t] = codec_hash_col(s->hash_a[row], s->hash_b[row], (uint32_t)s->cols, i);
-        sgn[t] = codec_hash_sign(s->sign_a[row], s->sign_b[row], i);
-    }
+    for (size_t t = 0; t < cnt; t++)
+        sgn[t] = codec_hash_sign(s->sign_a[row], s->sign_b[row], base + (uint32_t)t);
 }
 
-static void hash_block_isa(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
-                           uint32_t *col, uint32_t *sgn)
+static void sign_block_isa(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
+                           uint32_t *sgn)
 {
     switch (crux_codec_active_isa()) {
 #if defined(__x86_64__)
-    case CODEC_ISA_AVX512: codec_hash_avx512(s, row, base, cnt, col, sgn); return;
-    case CODEC_ISA_AVX2: codec_hash_avx2(s, row, base, cnt, col, sgn); return;
+    case CODEC_ISA_AVX512: codec_sign_avx512(s, row, base, cnt, sgn); return;
+    case CODEC_ISA_AVX2: codec_sign_avx2(s, row, base, cnt, sgn); return;
 #endif
-    default: codec_hash_scalar(s, row, base, cnt, col, sgn); return;
+    default: codec_sign_scalar(s, row, base, cnt, sgn); return;
     }
 }
 
 /* The vector paths need indices that do not wrap: split the block where i passes 2^32-1. */
-static void hash_block(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
-                       uint32_t *col, uint32_t *sgn)
+static void sign_block(const struct crux_sketch *s, int row, uint32_t base, size_t cnt,
+                       uint32_t *sgn)
 {
     uint64_t room = (uint64_t)UINT32_MAX - base + 1;
     if ((uint64_t)cnt > room) {
-        hash_block_isa(s, row, base, (size_t)room, col, sgn);
-        hash_block_isa(s, row, 0, cnt - (size_t)room, col + room, sgn + room);
+        sign_block_isa(s, row, base, (size_t)room, sgn);
+        sign_block_isa(s, row, 0, cnt - (size_t)room, sgn + room);
         return;
     }
-    hash_block_isa(s, row, base, cnt, col, sgn);
+    sign_block_isa(s, row, base, cnt, sgn);
 }
 
-void codec_hash_val_scalar(const struct crux_sketch *s, int row, uint32_t base, const float *x,
-                           size_t cnt, uint32_t *col, float *val)
+void codec_sign_val_scalar(const struct crux_sketch *s, int row, uint32_t base, const float *x,
+                           size_t cnt, float *val)
 {
-    for (size_t t = 0; t < cnt; t++) {
-        uint32_t i = base + (uint32_t)t;
-        col[t] = codec_hash_col(s->hash_a[row], s->hash_b[row], (uint32_t)s->cols, i);
-        val[t] = flip(x[t], codec_hash_sign(s->sign_a[row], s->sign_b[row], i));
-    }
+    for (size_t t = 0; t < cnt; t++)
+        val[t] = flip(x[t], codec_hash_sign(s->sign_a[row], s->sign_b[row], base + (uint32_t)t));
 }
 
-static void hash_val_isa(const struct crux_sketch *s, int row, uint32_t base, const float *x,
-                         size_t cnt, uint32_t *col, float *val)
+static void sign_val_isa(const struct crux_sketch *s, int row, uint32_t base, const float *x,
+                         size_t cnt, float *val)
 {
     switch (crux_codec_active_isa()) {
 #if defined(__x86_64__)
-    case CODEC_ISA_AVX512: codec_hash_val_avx512(s, row, base, x, cnt, col, val); return;
-    case CODEC_ISA_AVX2: codec_hash_val_avx2(s, row, base, x, cnt, col, val); return;
+    case CODEC_ISA_AVX512: codec_sign_val_avx512(s, row, base, x, cnt, val); return;
+    case CODEC_ISA_AVX2: codec_sign_val_avx2(s, row, base, x, cnt, val); return;
 #endif
-    default: codec_hash_val_scalar(s, row, base, x, cnt, col, val); return;
+    default: codec_sign_val_scalar(s, row, base, x, cnt, val); return;
     }
 }
 
-/* The vector paths need indices that do not wrap: split the block where i passes 2^32-1. */
-static void hash_val(const struct crux_sketch *s, int row, uint32_t base, const float *x,
-                     size_t cnt, uint32_t *col, float *val)
+static void sign_val(const struct crux_sketch *s, int row, uint32_t base, const float *x,
+                     size_t cnt, float *val)
 {
     uint64_t room = (uint64_t)UINT32_MAX - base + 1;
     if ((uint64_t)cnt > room) {
-        hash_val_isa(s, row, base, x, (size_t)room, col, val);
-        hash_val_isa(s, row, 0, x + room, cnt - (size_t)room, col + room, val + room);
+        sign_val_isa(s, row, base, x, (size_t)room, val);
+        sign_val_isa(s, row, 0, x + room, cnt - (size_t)room, val + room);
         return;
     }
-    hash_val_isa(s, row, base, x, cnt, col, val);
+    sign_val_isa(s, row, base, x, cnt, val);
 }
 
-/* row[col[t]] += val[t] in t order. Unrolled so the loop overhead does not sit between
- * the independent read-modify-writes; a repeated column is still added in order. */
-static void scatter_add_row(float *row, const uint32_t *col, const float *val, size_t cnt)
+/* out[t] = row[col(base + t)] with sign sgn[t] applied, t < cnt: a run is a contiguous
+ * read of the row; one that passes the row's end wraps cell by cell. */
+static void read_runs(const struct crux_sketch *s, int row_no, const float *row, uint32_t base,
+                      const uint32_t *sgn, size_t cnt, float *out)
 {
-    size_t t = 0;
-    for (; t + 4 <= cnt; t += 4) {
-        row[col[t]] += val[t];
-        row[col[t + 1]] += val[t + 1];
-        row[col[t + 2]] += val[t + 2];
-        row[col[t + 3]] += val[t + 3];
+    const uint32_t cols = (uint32_t)s->cols;
+    const uint64_t a = s->hash_a[row_no], b = s->hash_b[row_no];
+    for (size_t t = 0; t < cnt;) {
+        uint32_t i = base + (uint32_t)t, k = i % CODEC_SKETCH_RUN;
+        uint32_t c = codec_run_col(a, b, cols, i / CODEC_SKETCH_RUN) + k;
+        size_t m = CODEC_SKETCH_RUN - k < cnt - t ? CODEC_SKETCH_RUN - k : cnt - t;
+        if (c + m <= cols) {
+            for (size_t q = 0; q < m; q++)
+                out[t + q] = flip(row[c + q], sgn[t + q]);
+        } else {
+            for (size_t q = 0; q < m; q++, c++)
+                out[t + q] = flip(row[c < cols ? c : (c - cols) % cols], sgn[t + q]);
+        }
+        t += m;
     }
-    for (; t < cnt; t++)
-        row[col[t]] += val[t];
+}
+
+/* dst[0..m) += src[0..m): a whole run is four 4-lane adds (the same IEEE adds as the
+ * scalar loop, so the same bits). */
+static inline void add_run(float *restrict dst, const float *restrict src, size_t m)
+{
+#ifdef __SSE2__
+    if (m == 16) {
+        for (int q = 0; q < 16; q += 4)
+            _mm_storeu_ps(dst + q, _mm_add_ps(_mm_loadu_ps(dst + q), _mm_loadu_ps(src + q)));
+        return;
+    }
+#endif
+    for (size_t q = 0; q < m; q++)
+        dst[q] += src[q];
+}
+
+/* row[col(base + t)] += val[t] for t < cnt, run by run in increasing t; a run that
+ * would pass the row's end wraps cell by cell. */
+static void add_runs(const struct crux_sketch *s, int row_no, float *row, uint32_t base,
+                     const float *val, size_t cnt)
+{
+    const uint32_t cols = (uint32_t)s->cols;
+    const uint64_t a = s->hash_a[row_no], b = s->hash_b[row_no];
+    for (size_t t = 0; t < cnt;) {
+        uint32_t i = base + (uint32_t)t, k = i % CODEC_SKETCH_RUN;
+        uint32_t c = codec_run_col(a, b, cols, i / CODEC_SKETCH_RUN) + k;
+        size_t m = CODEC_SKETCH_RUN - k < cnt - t ? CODEC_SKETCH_RUN - k : cnt - t;
+        if (c + m <= cols) {
+            add_run(row + c, val + t, m);
+        } else {
+            for (size_t q = 0; q < m; q++, c++)
+                row[c < cols ? c : (c - cols) % cols] += val[t + q];
+        }
+        t += m;
+    }
 }
 
 /* Row-outer within chunks of CHUNK elements: the chunk of x (128 KiB) stays in L2 while
  * every row passes over it, and while one row is updated only that row (table/r bytes)
- * is hot. Each row hashes BLOCK elements at a time into (column, signed value) pairs in
- * L1 with vectors, then adds them with scalar read-modify-writes (the scattered updates
- * are the cost; LIMITS.md section 3). Each cell still receives its additions in
+ * is hot. Each row signs BLOCK elements at a time into L1 with vectors, then adds them
+ * run by run (with a per-index column hash the scattered read-modify-writes were the
+ * whole cost: LIMITS.md section 3). Each cell still receives its additions in
  * increasing i, so the table does not depend on CHUNK, BLOCK or the ISA. */
 #define CHUNK (1u << 15)
 static void accumulate_rows(struct crux_sketch *s, const float *x, size_t n, uint32_t base,
                             int r0, int r1)
 {
-    uint32_t col[BLOCK];
     float val[BLOCK];
     for (size_t c0 = 0; c0 < n; c0 += CHUNK) {
         size_t cend = n - c0 < CHUNK ? n : c0 + CHUNK;
@@ -180,8 +234,8 @@ static void accumulate_rows(struct crux_sketch *s, const float *x, size_t n, uin
             float *row = s->table + (size_t)j * (size_t)s->cols;
             for (size_t off = c0; off < cend; off += BLOCK) {
                 size_t cnt = cend - off < BLOCK ? cend - off : BLOCK;
-                hash_val(s, j, base + (uint32_t)off, x + off, cnt, col, val);
-                scatter_add_row(row, col, val, cnt);
+                sign_val(s, j, base + (uint32_t)off, x + off, cnt, val);
+                add_runs(s, j, row, base + (uint32_t)off, val, cnt);
             }
         }
     }
@@ -316,14 +370,13 @@ float crux_sketch_query(const struct crux_sketch *s, uint32_t i)
 void crux_sketch_estimate(const struct crux_sketch *s, size_t n, float *est)
 {
     float e[8][QBLOCK];
-    uint32_t col[QBLOCK], sgn[QBLOCK];
+    uint32_t sgn[QBLOCK];
     for (size_t off = 0; off < n; off += QBLOCK) {
         size_t cnt = n - off < QBLOCK ? n - off : QBLOCK;
         for (int j = 0; j < s->rows; j++) {
             const float *row = s->table + (size_t)j * (size_t)s->cols;
-            hash_block(s, j, (uint32_t)off, cnt, col, sgn);
-            for (size_t t = 0; t < cnt; t++)
-                e[j][t] = flip(row[col[t]], sgn[t]);
+            sign_block(s, j, (uint32_t)off, cnt, sgn);
+            read_runs(s, j, row, (uint32_t)off, sgn, cnt, e[j]);
         }
         median_block(e, s->rows, cnt, est + off);
     }

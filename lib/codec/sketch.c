@@ -159,25 +159,30 @@ static void sign_val(const struct crux_sketch *s, int row, uint32_t base, const 
     sign_val_isa(s, row, base, x, cnt, val);
 }
 
+/* The run holding global index base + t in row `row`: its first column there goes to
+ * *c (not yet wrapped), and the return value is how many of the cnt - t elements left
+ * it covers. */
+static inline size_t run_at(const struct crux_sketch *s, int row, uint32_t base, size_t t,
+                            size_t cnt, uint32_t *c)
+{
+    uint32_t i = base + (uint32_t)t, k = i % CODEC_SKETCH_RUN;
+    *c = codec_run_col(s->hash_a[row], s->hash_b[row], (uint32_t)s->cols, i / CODEC_SKETCH_RUN) + k;
+    return CODEC_SKETCH_RUN - k < cnt - t ? CODEC_SKETCH_RUN - k : cnt - t;
+}
+
+static inline uint32_t wrap_col(uint32_t c, uint32_t cols) { return c < cols ? c : (c - cols) % cols; }
+
 /* out[t] = row[col(base + t)] with sign sgn[t] applied, t < cnt: a run is a contiguous
  * read of the row; one that passes the row's end wraps cell by cell. */
 static void read_runs(const struct crux_sketch *s, int row_no, const float *row, uint32_t base,
                       const uint32_t *sgn, size_t cnt, float *out)
 {
     const uint32_t cols = (uint32_t)s->cols;
-    const uint64_t a = s->hash_a[row_no], b = s->hash_b[row_no];
-    for (size_t t = 0; t < cnt;) {
-        uint32_t i = base + (uint32_t)t, k = i % CODEC_SKETCH_RUN;
-        uint32_t c = codec_run_col(a, b, cols, i / CODEC_SKETCH_RUN) + k;
-        size_t m = CODEC_SKETCH_RUN - k < cnt - t ? CODEC_SKETCH_RUN - k : cnt - t;
-        if (c + m <= cols) {
-            for (size_t q = 0; q < m; q++)
-                out[t + q] = flip(row[c + q], sgn[t + q]);
-        } else {
-            for (size_t q = 0; q < m; q++, c++)
-                out[t + q] = flip(row[c < cols ? c : (c - cols) % cols], sgn[t + q]);
-        }
-        t += m;
+    uint32_t c;
+    for (size_t t = 0, m; t < cnt; t += m) {
+        m = run_at(s, row_no, base, t, cnt, &c);
+        for (size_t q = 0; q < m; q++)
+            out[t + q] = flip(row[c + m <= cols ? c + q : wrap_col(c + (uint32_t)q, cols)], sgn[t + q]);
     }
 }
 
@@ -202,18 +207,15 @@ static void add_runs(const struct crux_sketch *s, int row_no, float *row, uint32
                      const float *val, size_t cnt)
 {
     const uint32_t cols = (uint32_t)s->cols;
-    const uint64_t a = s->hash_a[row_no], b = s->hash_b[row_no];
-    for (size_t t = 0; t < cnt;) {
-        uint32_t i = base + (uint32_t)t, k = i % CODEC_SKETCH_RUN;
-        uint32_t c = codec_run_col(a, b, cols, i / CODEC_SKETCH_RUN) + k;
-        size_t m = CODEC_SKETCH_RUN - k < cnt - t ? CODEC_SKETCH_RUN - k : cnt - t;
+    uint32_t c;
+    for (size_t t = 0, m; t < cnt; t += m) {
+        m = run_at(s, row_no, base, t, cnt, &c);
         if (c + m <= cols) {
             add_run(row + c, val + t, m);
-        } else {
-            for (size_t q = 0; q < m; q++, c++)
-                row[c < cols ? c : (c - cols) % cols] += val[t + q];
+            continue;
         }
-        t += m;
+        for (size_t q = 0; q < m; q++)
+            row[wrap_col(c + (uint32_t)q, cols)] += val[t + q];
     }
 }
 

@@ -7,9 +7,11 @@
  *          receiver answers with CTS grants {message offset, length, addr, rkey};
  *          the sender RDMA_WRITE_WITH_IMMs the granted bytes (imm = transfer id)
  *          straight from the user buffer. A plain receive grants its own buffer
- *          once (zero copy); a receive-with-reduce grants two VB windows of a
- *          registered scratch region in turn and reduces each fragment out of it
- *          as it lands (one reduce pass, counted as staged bytes).
+ *          once (zero copy). So does a receive-with-reduce whose buffer does not
+ *          overlap its operand: each fragment is reduced in place as it lands. One
+ *          into its own operand (in place) grants two windows of a registered
+ *          scratch region in turn and reduces each fragment out of it. Both are one
+ *          reduce pass, counted as staged bytes.
  *   REFUSE the receiver's answer to an RTS whose header it does not expect (or whose
  *          buffer it cannot register); both sides then hang up on each other.
  * Every SEND and WRITE_WITH_IMM consumes one receive WQE of the peer: the sender

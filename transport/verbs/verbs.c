@@ -106,14 +106,13 @@ int vb_post_send_wr(struct crux_verbs *vb, struct vb_peer *q, struct ibv_send_wr
 }
 
 /* ---------- credits and control messages ---------- */
-/* SEND a slot (header + len payload bytes already written). */
-int vb_send_slot(struct crux_verbs *vb, struct vb_peer *q, uint16_t s, size_t len)
+/* SEND a slot (header and payload already written). */
+int vb_send_slot(struct crux_verbs *vb, struct vb_peer *q, uint16_t s, size_t bytes)
 {
     int idx = (int)(q - vb->peers);
     struct vb_wire *w = (struct vb_wire *)(void *)(q->sslots + (size_t)s * VB_SLOT_BYTES);
-    uint32_t bytes = (uint32_t)(VB_HEAD_BYTES + len);
     w->credit = q->reposts;
-    struct ibv_sge sge = {.addr = (uintptr_t)w, .length = bytes, .lkey = vb->mr->lkey};
+    struct ibv_sge sge = {.addr = (uintptr_t)w, .length = (uint32_t)bytes, .lkey = vb->mr->lkey};
     struct ibv_send_wr wr = {.wr_id = wr_id(idx, WR_SEND, s), .sg_list = &sge, .num_sge = 1,
                              .opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED};
     /* Small: the HCA takes the bytes with the WQE instead of fetching them. */

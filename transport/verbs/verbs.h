@@ -33,8 +33,12 @@
 #include "verbs_mr_cache.h"
 
 #define VB_EAGER_MAX 8192u   /* payload bytes carried in a bounce slot */
-#define VB_HEAD_BYTES 128u   /* struct vb_wire, padded: payload stays 64-byte aligned */
-#define VB_SLOT_BYTES (VB_HEAD_BYTES + VB_EAGER_MAX)
+/* An EAGER message is the head of struct vb_wire (up to `off`) and its payload:
+ * 8 payload bytes make a 56-byte SEND, not one padded to 128 + 8 (every byte is
+ * copied and checksummed once more per hop under Soft-RoCE). Unaligned payloads
+ * cost the reduce kernels nothing. */
+#define VB_EAGER_OFF 48u
+#define VB_SLOT_BYTES (VB_EAGER_OFF + VB_EAGER_MAX)
 #define VB_NRECV 32          /* receive WQEs posted per peer = the sender's credits */
 #define VB_NSPARE 32         /* more slots, for eager messages waiting for their receive */
 #define VB_NSLOTS (VB_NRECV + VB_NSPARE)
@@ -54,11 +58,14 @@ struct vb_wire {
     uint32_t type;
     uint32_t id;             /* rendezvous transfer id (RTS, CTS, REFUSE) */
     struct crux_msg_hdr hdr; /* EAGER/RTS: the sender's; REFUSE: the receiver's expected */
+    uint64_t credit;         /* the sender's re-post count (piggybacked credits) */
+    /* Not sent with EAGER messages (their payload starts here, VB_EAGER_OFF): */
     uint64_t off, len, addr; /* CTS: grant of message bytes [off, off+len) at addr */
     uint32_t rkey;
     uint32_t pad;
-    uint64_t credit;         /* the sender's re-post count (piggybacked credits) */
 };
+_Static_assert(offsetof(struct vb_wire, off) == VB_EAGER_OFF, "EAGER payload offset");
+_Static_assert(sizeof(struct vb_wire) <= VB_SLOT_BYTES, "a control message fits a slot");
 
 /* wr_id = peer index << 32 | kind << 16 | slot */
 enum vb_wr_kind { WR_RECV = 1, WR_SEND, WR_WRITE, WR_CREDIT };
@@ -191,8 +198,9 @@ void vb_peer_hangup(struct crux_verbs *vb, struct vb_peer *q, int rc);
 int vb_post_send_wr(struct crux_verbs *vb, struct vb_peer *q, struct ibv_send_wr *wr);
 /* A free send slot, its header zeroed; the caller checked can_send_msg. */
 struct vb_wire *vb_take_sslot(struct vb_peer *q, uint16_t *s);
-/* SEND send slot s (header + len payload bytes), spending a credit. */
-int vb_send_slot(struct crux_verbs *vb, struct vb_peer *q, uint16_t s, size_t len);
+/* SEND the first `bytes` bytes of send slot s, spending a credit: sizeof(struct
+ * vb_wire) for control messages, VB_EAGER_OFF + payload for EAGER. */
+int vb_send_slot(struct crux_verbs *vb, struct vb_peer *q, uint16_t s, size_t bytes);
 /* Hand our re-posted receive count to the peer (RDMA write), if due. */
 void vb_credit_push(struct crux_verbs *vb, struct vb_peer *q);
 

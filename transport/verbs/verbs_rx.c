@@ -98,7 +98,7 @@ void vb_rx_send_grants(struct crux_verbs *vb, struct vb_peer *q)
             w->addr = (uintptr_t)x->buf;
             w->rkey = ((struct ibv_mr *)q->rx_mr->mr)->rkey;
         }
-        if (vb_send_slot(vb, q, s, 0) != 0)
+        if (vb_send_slot(vb, q, s, sizeof(*w)) != 0)
             return;
         q->rx_granted += w->len;
         q->rx_grants_due--;
@@ -115,7 +115,7 @@ void vb_rx_send_refuse(struct crux_verbs *vb, struct vb_peer *q)
     w->id = q->refuse_id;
     w->hdr = q->refuse_hdr;
     w->off = (uint64_t)q->refuse_why;
-    if (vb_send_slot(vb, q, s, 0) == 0) {
+    if (vb_send_slot(vb, q, s, sizeof(*w)) == 0) {
         q->refuse_due = 0;
         q->refuse_why = VB_REFUSE_MISMATCH;
     }
@@ -181,7 +181,7 @@ void vb_rx_match(struct crux_verbs *vb, struct vb_peer *q)
             return;
         }
         if (w->type == VB_EAGER) {
-            land(x, 0, (const uint8_t *)w + VB_HEAD_BYTES, x->len);
+            land(x, 0, (const uint8_t *)w + VB_EAGER_OFF, x->len);
             vb->rx_eager_msgs++;
             vb->rx_eager_bytes += x->len;
             slot_free(q, s);

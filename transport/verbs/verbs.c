@@ -106,14 +106,13 @@ int vb_post_send_wr(struct crux_verbs *vb, struct vb_peer *q, struct ibv_send_wr
 }
 
 /* ---------- credits and control messages ---------- */
-/* SEND a slot (header + len payload bytes already written). */
-int vb_send_slot(struct crux_verbs *vb, struct vb_peer *q, uint16_t s, size_t len)
+/* SEND a slot (header and payload already written). */
+int vb_send_slot(struct crux_verbs *vb, struct vb_peer *q, uint16_t s, size_t bytes)
 {
     int idx = (int)(q - vb->peers);
     struct vb_wire *w = (struct vb_wire *)(void *)(q->sslots + (size_t)s * VB_SLOT_BYTES);
-    uint32_t bytes = (uint32_t)(VB_HEAD_BYTES + len);
     w->credit = q->reposts;
-    struct ibv_sge sge = {.addr = (uintptr_t)w, .length = bytes, .lkey = vb->mr->lkey};
+    struct ibv_sge sge = {.addr = (uintptr_t)w, .length = (uint32_t)bytes, .lkey = vb->mr->lkey};
     struct ibv_send_wr wr = {.wr_id = wr_id(idx, WR_SEND, s), .sg_list = &sge, .num_sge = 1,
                              .opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED};
     /* Small: the HCA takes the bytes with the WQE instead of fetching them. */
@@ -355,11 +354,54 @@ static int arm(struct ibv_cq *cq, int *armed, const char *what)
     return CRUX_SUCCESS;
 }
 
+/* The receive a small-message wait is for: the first one pending, when no
+ * rendezvous is under way anywhere (its completion is one eager SEND away); else
+ * NULL. */
+static const struct crux_xfer *small_wait(const struct crux_verbs *vb)
+{
+    const struct crux_xfer *x = NULL;
+    for (int i = 0; i < vb->npeers; i++) {
+        const struct vb_peer *q = &vb->peers[i];
+        if (q->failed)
+            continue;
+        if (q->rx_rdv || q->tx_rts_sent || (q->sq_head && q->sq_head->len > VB_EAGER_MAX))
+            return NULL;
+        if (!x && q->rq_head)
+            x = q->rq_head;
+    }
+    return x;
+}
+
+/* Poll the CQs up to VB_POLL_US before a small-message wait sleeps, once per
+ * receive (so a long wait burns at most that). Returns 1 if anything completed. */
+static int poll_before_sleep(struct crux_verbs *vb)
+{
+    const struct crux_xfer *x = small_wait(vb);
+    if (!x || vb->base.ctx->spin_us == 0 ||
+        (x == vb->polled_for && x->hdr.seq == vb->polled_seq && x->hdr.tag == vb->polled_tag))
+        return 0;
+    double end = crux_now() + VB_POLL_US * 1e-6;
+    do {
+        int n = poll_cq(vb);
+        if (n != 0) {
+            for (int i = 0; n > 0 && i < vb->npeers; i++)
+                peer_progress(vb, &vb->peers[i]);
+            return 1;
+        }
+    } while (crux_now() < end);
+    vb->polled_for = x;
+    vb->polled_seq = x->hdr.seq;
+    vb->polled_tag = x->hdr.tag;
+    return 0;
+}
+
 static int vb_block(struct crux_tp *base, int timeout_ms)
 {
     struct crux_verbs *vb = vb_of(base);
     if (vb->npeers == 0)
         return vb->failed_rc;
+    if (poll_before_sleep(vb))
+        return vb_progress(base);
     probe_peers(vb);
     CRUX_TRY(arm(vb->cq, &vb->cq_armed, "receive CQ"));
     if (needs_send_completion(vb))

@@ -89,7 +89,7 @@ void vb_rx_send_grants(struct crux_verbs *vb, struct vb_peer *q)
         w->type = VB_CTS;
         w->id = q->rx_id;
         w->off = q->rx_granted;
-        if (x->reduce_src) {
+        if (!q->rx_mr) {
             w->len = min_sz(vb->window, x->len - q->rx_granted);
             w->addr = (uintptr_t)scratch_at(vb, q, w->off);
             w->rkey = vb->mr->rkey;
@@ -98,7 +98,7 @@ void vb_rx_send_grants(struct crux_verbs *vb, struct vb_peer *q)
             w->addr = (uintptr_t)x->buf;
             w->rkey = ((struct ibv_mr *)q->rx_mr->mr)->rkey;
         }
-        if (vb_send_slot(vb, q, s, 0) != 0)
+        if (vb_send_slot(vb, q, s, sizeof(*w)) != 0)
             return;
         q->rx_granted += w->len;
         q->rx_grants_due--;
@@ -115,16 +115,28 @@ void vb_rx_send_refuse(struct crux_verbs *vb, struct vb_peer *q)
     w->id = q->refuse_id;
     w->hdr = q->refuse_hdr;
     w->off = (uint64_t)q->refuse_why;
-    if (vb_send_slot(vb, q, s, 0) == 0) {
+    if (vb_send_slot(vb, q, s, sizeof(*w)) == 0) {
         q->refuse_due = 0;
         q->refuse_why = VB_REFUSE_MISMATCH;
     }
 }
 
+/* Can a receive-with-reduce land in its own buffer and reduce there in place
+ * (buf = reduce_src op buf)? Only if the two do not overlap: in place, incoming
+ * bytes would overwrite the operand before it is read. */
+static int reduce_lands_direct(const struct crux_xfer *x)
+{
+    uintptr_t b = (uintptr_t)x->buf, s = (uintptr_t)x->reduce_src;
+    return b + x->len <= s || s + x->len <= b;
+}
+
 static void rx_start_rdv(struct crux_verbs *vb, struct vb_peer *q, struct crux_xfer *x,
                          uint32_t id)
 {
-    if (!x->reduce_src) {
+    /* Into the user's buffer: one grant of all of it, so the sender never waits for
+     * a window to be reduced and re-granted (a round trip and a wake-up per window).
+     * Scratch windows only for a reduce into its own operand (in place). */
+    if (!x->reduce_src || reduce_lands_direct(x)) {
         int rc = mrc_acquire(&vb->mrc, x->buf, x->len, &q->rx_mr);
         if (rc != CRUX_SUCCESS) {
             /* Tell the sender (it would wait for a grant), then give up on the peer. */
@@ -141,7 +153,7 @@ static void rx_start_rdv(struct crux_verbs *vb, struct vb_peer *q, struct crux_x
     q->rx_rdv = x;
     q->rx_id = id;
     q->rx_granted = 0;
-    size_t nwin = x->reduce_src ? (x->len + vb->window - 1) / vb->window : 1;
+    size_t nwin = q->rx_mr ? 1 : (x->len + vb->window - 1) / vb->window;
     q->rx_grants_due = nwin < 2 ? (int)nwin : 2;
     vb_rx_send_grants(vb, q);
 }
@@ -169,7 +181,7 @@ void vb_rx_match(struct crux_verbs *vb, struct vb_peer *q)
             return;
         }
         if (w->type == VB_EAGER) {
-            land(x, 0, (const uint8_t *)w + VB_HEAD_BYTES, x->len);
+            land(x, 0, (const uint8_t *)w + VB_EAGER_OFF, x->len);
             vb->rx_eager_msgs++;
             vb->rx_eager_bytes += x->len;
             slot_free(q, s);
@@ -195,11 +207,12 @@ static void rx_data(struct crux_verbs *vb, struct vb_peer *q, uint32_t id, size_
     }
     size_t off = x->bytes_done;
     if (x->reduce_src) {
-        land(x, off, scratch_at(vb, q, off), n);
+        /* Landed in the scratch window, or in place in buf (reduce_lands_direct). */
+        land(x, off, q->rx_mr ? (uint8_t *)x->buf + off : scratch_at(vb, q, off), n);
         vb->rx_staged_bytes += n;
         size_t end = off + n;
         /* A window fully reduced frees its half of the scratch for the next grant. */
-        if ((end % vb->window == 0 || end == x->len) && q->rx_granted < x->len)
+        if (!q->rx_mr && (end % vb->window == 0 || end == x->len) && q->rx_granted < x->len)
             q->rx_grants_due++;
     } else {
         vb->rx_rdv_bytes += n;

@@ -39,8 +39,8 @@ static int tx_eager(struct crux_verbs *vb, struct vb_peer *q, struct crux_xfer *
     w->type = VB_EAGER;
     w->hdr = x->hdr;
     if (x->len)
-        memcpy((uint8_t *)w + VB_HEAD_BYTES, x->buf, x->len);
-    if (vb_send_slot(vb, q, s, x->len) != 0)
+        memcpy((uint8_t *)w + VB_EAGER_OFF, x->buf, x->len);
+    if (vb_send_slot(vb, q, s, VB_EAGER_OFF + x->len) != 0)
         return 0;
     vb->tx_eager_msgs++;
     vb->tx_eager_bytes += x->len;
@@ -67,7 +67,7 @@ static int tx_rts(struct crux_verbs *vb, struct vb_peer *q, struct crux_xfer *x)
     w->type = VB_RTS;
     w->id = ++q->next_id;
     w->hdr = x->hdr;
-    if (vb_send_slot(vb, q, s, 0) != 0)
+    if (vb_send_slot(vb, q, s, sizeof(*w)) != 0)
         return 0;
     q->tx_rts_sent = 1;
     return 1;

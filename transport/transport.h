@@ -65,7 +65,9 @@ struct crux_tp;
 /* Per-transport counters (optional op `stats`): what went where, so tests can
  * prove which path a message took. Eager bytes pass through a bounce slot (one
  * copy); rendezvous bytes go from user buffer to user buffer (zero copy); staged
- * bytes landed in a scratch region for a receive-with-reduce (one reduce pass). */
+ * bytes are those of a receive-with-reduce, written into a granted region and reduced
+ * there in one pass (the receive buffer itself when it does not overlap the operand,
+ * else a scratch window). */
 struct crux_tp_stats {
     uint64_t tx_eager_msgs, tx_eager_bytes, tx_rdv_msgs, tx_rdv_bytes;
     uint64_t rx_eager_msgs, rx_eager_bytes, rx_rdv_msgs, rx_rdv_bytes, rx_staged_bytes;

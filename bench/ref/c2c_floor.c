@@ -79,8 +79,8 @@ int main(int argc, char **argv)
 {
     long n = argc > 1 ? atol(argv[1]) : 100000;
     int c0 = nth_cpu(0), c1 = nth_cpu(1);
-    if (n <= 0 || c0 < 0 || c1 < 0) {
-        fprintf(stderr, "c2c_floor: need rounds > 0 and two CPUs\n");
+    if (n < 10 * BATCHES || c0 < 0 || c1 < 0) {
+        fprintf(stderr, "c2c_floor: need rounds >= %d and two CPUs\n", 10 * BATCHES);
         return 1;
     }
     struct line *l = mmap(NULL, 2 * sizeof *l, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,

@@ -145,6 +145,12 @@ BIN_FLOOR="$BUILD/c2c_floor"
 if [ -f "$FLOOR_SRC" ] && { [ ! -x "$BIN_FLOOR" ] || [ "$FLOOR_SRC" -nt "$BIN_FLOOR" ]; }; then
   gcc -O2 -o "$BIN_FLOOR" "$FLOOR_SRC" || BIN_FLOOR=""
 fi
+# The data-movement floor of a large copy-through-staging allreduce (bench/ref/stage_floor.c).
+STAGE_SRC="$HERE/stage_floor.c"
+BIN_STAGE="$BUILD/stage_floor"
+if [ -f "$STAGE_SRC" ] && { [ ! -x "$BIN_STAGE" ] || [ "$STAGE_SRC" -nt "$BIN_STAGE" ]; }; then
+  gcc -O2 -o "$BIN_STAGE" "$STAGE_SRC" || BIN_STAGE=""
+fi
 [ "$BUILD_ONLY" = 1 ] && { echo "# built $BIN_OMPI $BIN_MPICH"; exit 0; }
 
 NCPU=$(nproc)
@@ -266,6 +272,20 @@ fi
 floor_line() {
   [ -n "$BIN_FLOOR" ] && [ -x "$BIN_FLOOR" ] || return 0
   echo "# cross-core floor $1 the table (c2c_floor: one flag exchange, median/mean us): $("$BIN_FLOOR" 2>&1)"
+  stage_line "$1"
+}
+
+# For tables with a size >= 16 MiB: two pinned processes moving 256 MiB each, once
+# privately (read N + non-temporal write N, the memory-traffic bound) and once through
+# a shared staging ring (adds N each way between the cores, as every copy-through-shm
+# allreduce does). Medians of 7, ms.
+stage_line() {
+  [ -n "$BIN_STAGE" ] && [ -x "$BIN_STAGE" ] || return 0
+  [ "$NP" = 2 ] && [ -z "${REFBENCH_OMPI_LAUNCH:-}" ] || return 0 # shm, 2 ranks only
+  local s big=0
+  for s in "${SIZES[@]}"; do [ "$s" -ge $((16 << 20)) ] && big=1; done
+  [ "$big" = 1 ] || return 0
+  echo "# staging floor $1 the table (stage_floor 256 MiB, ms: private read N + NT write N, through staging): $("$BIN_STAGE" 256 7 2>&1)"
 }
 
 machine_facts() {

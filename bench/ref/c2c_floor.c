@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "floor_util.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define relax() _mm_pause()
@@ -33,33 +35,6 @@ struct line {
     _Alignas(64) _Atomic long v;
 };
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-/* The i-th CPU this process may run on, or -1. */
-static int nth_cpu(int i)
-{
-    cpu_set_t s;
-    if (sched_getaffinity(0, sizeof s, &s))
-        return -1;
-    for (int c = 0; c < CPU_SETSIZE; c++)
-        if (CPU_ISSET(c, &s) && i-- == 0)
-            return c;
-    return -1;
-}
-
-static void pin(int cpu)
-{
-    cpu_set_t s;
-    CPU_ZERO(&s);
-    CPU_SET(cpu, &s);
-    sched_setaffinity(0, sizeof s, &s);
-}
-
 static void rounds(struct line *l, int me, long from, long n)
 {
     for (long i = from; i < from + n; i++) {
@@ -69,16 +44,10 @@ static void rounds(struct line *l, int me, long from, long n)
     }
 }
 
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 int main(int argc, char **argv)
 {
     long n = argc > 1 ? atol(argv[1]) : 100000;
-    int c0 = nth_cpu(0), c1 = nth_cpu(1);
+    int c0 = floor_nth_cpu(0), c1 = floor_nth_cpu(1);
     if (n < 10 * BATCHES || c0 < 0 || c1 < 0) {
         fprintf(stderr, "c2c_floor: need rounds >= %d and two CPUs\n", 10 * BATCHES);
         return 1;
@@ -95,15 +64,15 @@ int main(int argc, char **argv)
         return 1;
     }
     int me = kid == 0;
-    pin(me ? c1 : c0);
+    floor_pin(me ? c1 : c0);
     double t[BATCHES];
     long at = 1;
     rounds(l, me, at, n / 10); /* warm-up */
     at += n / 10;
     for (int b = 0; b < BATCHES; b++, at += n / BATCHES) {
-        double t0 = now();
+        double t0 = floor_now();
         rounds(l, me, at, n / BATCHES);
-        t[b] = (now() - t0) / (double)(n / BATCHES) * 1e6;
+        t[b] = (floor_now() - t0) / (double)(n / BATCHES) * 1e6;
     }
     if (kid == 0)
         _exit(0);
@@ -111,7 +80,7 @@ int main(int argc, char **argv)
     double sum = 0;
     for (int b = 0; b < BATCHES; b++)
         sum += t[b];
-    qsort(t, BATCHES, sizeof t[0], cmp);
+    qsort(t, BATCHES, sizeof t[0], floor_cmp_double);
     printf("%.3f %.3f\n", (t[BATCHES / 2 - 1] + t[BATCHES / 2]) / 2, sum / BATCHES);
     return 0;
 }

@@ -31,6 +31,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "floor_util.h"
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define relax() _mm_pause()
@@ -52,32 +54,6 @@ struct shared {
     struct ctl c[2];
     double ms[2][2][MAXREPS]; /* [rank][phase][rep] */
 };
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static int nth_cpu(int i)
-{
-    cpu_set_t s;
-    if (sched_getaffinity(0, sizeof s, &s))
-        return -1;
-    for (int c = 0; c < CPU_SETSIZE; c++)
-        if (CPU_ISSET(c, &s) && i-- == 0)
-            return c;
-    return -1;
-}
-
-static void pin(int cpu)
-{
-    cpu_set_t s;
-    CPU_ZERO(&s);
-    CPU_SET(cpu, &s);
-    sched_setaffinity(0, sizeof s, &s);
-}
 
 /* Whole-line non-temporal copy (n a multiple of 64, dst 64-byte aligned). */
 #if defined(__x86_64__)
@@ -132,15 +108,9 @@ static void staged(struct shared *sh, char *ring[2], int me, const char *src, ch
     }
 }
 
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static double median(double *v, int n)
 {
-    qsort(v, (size_t)n, sizeof v[0], cmp);
+    qsort(v, (size_t)n, sizeof v[0], floor_cmp_double);
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
@@ -148,7 +118,7 @@ int main(int argc, char **argv)
 {
     size_t mib = argc > 1 ? strtoul(argv[1], NULL, 10) : 256;
     int reps = argc > 2 ? atoi(argv[2]) : 7;
-    int c0 = nth_cpu(0), c1 = nth_cpu(1);
+    int c0 = floor_nth_cpu(0), c1 = floor_nth_cpu(1);
     if (mib == 0 || reps < 1 || reps > MAXREPS || c0 < 0 || c1 < 0) {
         fprintf(stderr, "stage_floor: need MiB >= 1, 1 <= reps <= %d and two CPUs\n", MAXREPS);
         return 1;
@@ -173,7 +143,7 @@ int main(int argc, char **argv)
         return 1;
     }
     int me = kid == 0;
-    pin(me ? c1 : c0);
+    floor_pin(me ? c1 : c0);
     char *src = aligned_alloc(4096, bytes), *dst = aligned_alloc(4096, bytes);
     if (!src || !dst) {
         fprintf(stderr, "stage_floor: cannot allocate 2 x %zu MiB\n", mib);
@@ -188,13 +158,13 @@ int main(int argc, char **argv)
     unsigned long base = 0;
     for (int r = -1; r < reps; r++) {
         barrier(sh, &gen);
-        double t0 = now();
+        double t0 = floor_now();
         copy_nt(dst, src, bytes);
-        double t1 = now();
+        double t1 = floor_now();
         barrier(sh, &gen);
-        double t2 = now();
+        double t2 = floor_now();
         staged(sh, ring, me, src, dst, bytes, base);
-        double t3 = now();
+        double t3 = floor_now();
         base += bytes / SLOT;
         if (r >= 0) {
             sh->ms[me][0][r] = (t1 - t0) * 1e3;

@@ -2,7 +2,7 @@
  *
  * Per peer, one socket carrying both directions, a FIFO of posted sends and one of
  * posted receives. Sends go out with sendmsg (header + user buffer, no copy), long
- * payloads in TCP_TX_FRAG pieces.
+ * payloads in pieces of an eighth of the message (tcp_tx_frag).
  * Receives read into a small per-peer staging area, so a small message costs one
  * recv(2), and then copy into the user buffer; a long plain receive is read
  * straight into the user buffer. Receive-with-reduce combines out of staging in
@@ -147,6 +147,13 @@ static size_t tx_allowed(const struct crux_xfer *x)
     return tcp_min(x->dep->bytes_done, x->len);
 }
 
+/* Payload bytes per sendmsg for a message of len bytes (tcp.h). */
+static size_t tcp_tx_frag(size_t len)
+{
+    size_t f = len / 8;
+    return f < TCP_TX_FRAG_MIN ? TCP_TX_FRAG_MIN : f > TCP_TX_FRAG_MAX ? TCP_TX_FRAG_MAX : f;
+}
+
 /* Writes as much of the queued sends as the socket takes. Returns 0 or -1 (peer failed). */
 int tcp_tx_progress(struct crux_tcp *tp, struct tcp_peer *p)
 {
@@ -174,7 +181,7 @@ int tcp_tx_progress(struct crux_tcp *tp, struct tcp_peer *p)
         }
         if (allowed > x->bytes_done) {
             iov[niov].iov_base = (uint8_t *)x->buf + x->bytes_done;
-            iov[niov].iov_len = tcp_min(allowed - x->bytes_done, TCP_TX_FRAG);
+            iov[niov].iov_len = tcp_min(allowed - x->bytes_done, tcp_tx_frag(x->len));
             want += iov[niov++].iov_len;
         }
         if (niov == 0)

@@ -55,6 +55,9 @@ struct shared {
     double ms[2][2][MAXREPS]; /* [rank][phase][rep] */
 };
 
+#define CTL_BYTES 4096u /* the rings start on the page after struct shared */
+_Static_assert(sizeof(struct shared) <= CTL_BYTES, "control block outgrew its page");
+
 /* Whole-line non-temporal copy (n a multiple of 64, dst 64-byte aligned). */
 #if defined(__x86_64__)
 __attribute__((target("avx512f"))) static void copy_nt512(char *dst, const char *src, size_t n)
@@ -124,7 +127,7 @@ int main(int argc, char **argv)
         return 1;
     }
     size_t bytes = mib << 20;
-    size_t shared_bytes = sizeof(struct shared) + 2 * (size_t)DEPTH * SLOT;
+    size_t shared_bytes = CTL_BYTES + 2 * (size_t)DEPTH * SLOT;
     struct shared *sh = mmap(NULL, shared_bytes, PROT_READ | PROT_WRITE,
                              MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (sh == MAP_FAILED) {
@@ -132,9 +135,12 @@ int main(int argc, char **argv)
         return 1;
     }
     memset(sh, 0, shared_bytes);
-    char *ring[2] = {(char *)sh + 4096, (char *)sh + 4096 + DEPTH * SLOT};
-    if (sizeof(struct shared) > 4096) {
-        fprintf(stderr, "stage_floor: control block too large\n");
+    char *ring[2] = {(char *)sh + CTL_BYTES, (char *)sh + CTL_BYTES + DEPTH * SLOT};
+    /* Allocated before the fork, so a failure stops both ranks before either waits
+     * in a barrier; each touches its own copy-on-write pages after it. */
+    char *src = aligned_alloc(4096, bytes), *dst = aligned_alloc(4096, bytes);
+    if (!src || !dst) {
+        fprintf(stderr, "stage_floor: cannot allocate 2 x %zu MiB\n", mib);
         return 1;
     }
     pid_t kid = fork();
@@ -144,14 +150,6 @@ int main(int argc, char **argv)
     }
     int me = kid == 0;
     floor_pin(me ? c1 : c0);
-    char *src = aligned_alloc(4096, bytes), *dst = aligned_alloc(4096, bytes);
-    if (!src || !dst) {
-        fprintf(stderr, "stage_floor: cannot allocate 2 x %zu MiB\n", mib);
-        if (kid == 0)
-            _exit(1);
-        waitpid(kid, NULL, 0);
-        return 1;
-    }
     memset(src, 1 + me, bytes); /* first touch before any timing */
     memset(dst, 0, bytes);
     long gen = 0;

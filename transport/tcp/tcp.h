@@ -29,8 +29,8 @@
  * call ends in a push, so the receiver starts copying out while the sender still
  * copies in (one huge write serialises the two); but every call also costs a push
  * and, on loopback, the receive path run in the sender's context, so long messages
- * take longer pieces (2 ranks on loopback, 2026-12-07, interleaved: 128 KiB pieces
- * for everything made 8-16 MiB allreduces 15-25% slower than 512 KiB ones, which made
+ * take longer pieces (2 ranks on loopback, 2026-12-07, interleaved: 512 KiB pieces
+ * for every message made 8-16 MiB allreduces 15-25% faster than 128 KiB ones, but
  * 2 MiB 20-40% slower). */
 #ifndef TCP_TX_FRAG_MIN
 #define TCP_TX_FRAG_MIN (128u << 10)

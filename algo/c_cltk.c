@@ -21,7 +21,7 @@
  *   shared cores, may not be scheduled for milliseconds.
  * - A follower posts B(ch) before accumulating chunk ch, so its receive is ready
  *   when the leader's frame arrives, then gathers its values there.
- * - out[ch] is zeroed right behind the read of grad[ch] (out may be grad); the k
+ * - out[ch] is zeroed in the loop that reads grad[ch] (out may be grad); the k
  *   sums of every chunk are scattered into it once the queue has drained. The adding
  *   form (crux_compressed_allreduce_add) skips the zeroing, a quarter of the memory
  *   traffic of a call (grad read, memory read and written, out written), and adds the
@@ -32,7 +32,7 @@
 #include "lib/compress.h"
 
 /* The leader's part of a chunk: p = m + g and its top-k in one pass (crux_topk_acc,
- * split over the encode pool), out[chunk] zeroed behind it, the indices encoded.
+ * split over the encode pool) that also zeroes out[chunk], the indices encoded.
  * Without a memory p is grad itself. Returns the encoded length in *elen. */
 static int cltk_leader_select(struct crux_compressor *c, size_t ch, const float *grad,
                               float *out, uint32_t *idx, float *val, size_t *elen)
@@ -42,10 +42,8 @@ static int cltk_leader_select(struct crux_compressor *c, size_t ch, const float 
         CRUX_TRY(cx_accumulate_zero(c, ch, grad, c->add_out ? NULL : out));
         got = crux_topk(c->acc + off, len, k, c->cfg.seed + ch, c->ws, idx, val);
     } else {
-        got = crux_topk_acc(c->acc + off, c->mem + off, grad + off, len, k, c->cfg.seed + ch, c->ws,
-                            idx, val);
-        if (!c->add_out)
-            cx_zero_out_pooled(c, out, grad, off, len);
+        got = crux_topk_acc(c->acc + off, c->mem + off, grad + off, c->add_out ? NULL : out + off,
+                            len, k, c->cfg.seed + ch, c->ws, idx, val);
         CRUX_TRY(cx_poll(c));
     }
     c->nk[ch] = got;

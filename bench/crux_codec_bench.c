@@ -158,6 +158,9 @@ static void bench_size(size_t n, const char *isa_arg)
     row("memory pass y += x (read 2, write 1)", n, t_add);
     TIME_IT(t, crux_mem_accumulate(acc, m, g, n));
     row("memory pass acc = m + g (read 2, write 1)", n, t);
+    TIME_IT(t, crux_mem_accumulate_zero(m, m, g, acc, n));
+    row("memory pass m += g, out = 0 (read 2, write 2)", n, t);
+    memset(m, 0, n * 4);
 
     static const double dens[] = {0.001, 0.01};
     const char *isas[] = {"avx512", "avx2", "scalar"};
@@ -193,7 +196,12 @@ static void bench_size(size_t n, const char *isa_arg)
         row(name, n, t);
         memset(m, 0, n * 4);
         snprintf(name, sizeof name, "fused crux_topk_acc (acc != mem) d=%g", dens[d]);
-        TIME_IT(t, crux_topk_acc(acc, m, g, n, k, 7, ws, idx, val));
+        TIME_IT(t, crux_topk_acc(acc, m, g, NULL, n, k, 7, ws, idx, val));
+        row(name, n, t);
+        memset(m, 0, n * 4);
+        /* the CLT-k leader's pass: memory in place, the dense output (acc here) zeroed */
+        snprintf(name, sizeof name, "fused crux_topk_acc (m += g, out = 0) d=%g", dens[d]);
+        TIME_IT(t, crux_topk_acc(m, m, g, acc, n, k, 7, ws, idx, val));
         row(name, n, t);
         size_t len = crux_idx_encode(idx, k, n, wire);
         snprintf(name, sizeof name, "idx encode d=%g (%zu B, fmt %u)", dens[d], len, wire[0]);

@@ -187,7 +187,8 @@ typedef struct crux_compressor *crux_compressor_t;
 int crux_compressor_create(crux_comm_t comm, size_t count, const crux_compress_config_t *cfg,
                            crux_compressor_t *out);
 /* out = estimate of the SUM over ranks of grad (+ this rank's memory); identical on
- * all ranks. grad and out hold count floats; out may equal grad. */
+ * all ranks. grad and out hold count floats; out may equal grad, and must not otherwise
+ * overlap it (CRUX_ERR_ARG). */
 int crux_compressed_allreduce(crux_compressor_t c, const float *grad, float *out);
 /* Opt-in adding form, for callers that consume the estimate by adding it somewhere
  * (an update or gradient-sum buffer they clear themselves): out[i] += estimate[i] at

@@ -695,33 +695,6 @@ void cx_zero_out(float *out, const float *grad, size_t n, size_t off, size_t m, 
 #endif
 }
 
-struct cx_zero_job {
-    float *x;
-    size_t n;
-    int stream, wide;
-};
-
-static void cx_zero_part(void *arg, int part, int nparts)
-{
-    const struct cx_zero_job *j = arg;
-    size_t lo, hi;
-    crux_pool_range(j->n, 16, part, nparts, &lo, &hi);
-    if (!j->stream) {
-        memset(j->x + lo, 0, (hi - lo) * 4);
-        return;
-    }
-    cx_zero_stream(j->x + lo, hi - lo, j->wide);
-#ifdef __SSE2__
-    _mm_sfence();
-#endif
-}
-
-void cx_zero_out_pooled(struct crux_compressor *c, float *out, const float *grad, size_t off, size_t m)
-{
-    struct cx_zero_job j = { out + off, m, !cx_overlaps(grad, out, c->n), c->zero_wide };
-    crux_pool_run(c->pool, cx_zero_part, &j);
-}
-
 /* out == NULL: accumulate only. */
 int cx_accumulate_zero(struct crux_compressor *c, size_t chunk, const float *grad, float *out)
 {
@@ -729,12 +702,14 @@ int cx_accumulate_zero(struct crux_compressor *c, size_t chunk, const float *gra
     /* each sub-block of out is zeroed right after the same block of grad was read */
     for (size_t o = 0; o < len; o += CX_POLL_ELEMS) {
         size_t m = len - o < CX_POLL_ELEMS ? len - o : CX_POLL_ELEMS;
-        if (c->cfg.memory == CRUX_MEMORY_NONE)
+        if (c->cfg.memory != CRUX_MEMORY_NONE) {
+            crux_mem_accumulate_zero(c->acc + off + o, c->mem + off + o, grad + off + o,
+                                     out ? out + off + o : NULL, m);
+        } else {
             memcpy(c->acc + off + o, grad + off + o, m * 4);
-        else
-            crux_mem_accumulate(c->acc + off + o, c->mem + off + o, grad + off + o, m);
-        if (out)
-            cx_zero_out(out, grad, c->n, off + o, m, c->zero_wide);
+            if (out)
+                cx_zero_out(out, grad, c->n, off + o, m, c->zero_wide);
+        }
         CRUX_TRY(cx_poll(c));
     }
     return CRUX_SUCCESS;
@@ -796,6 +771,13 @@ static int cx_call(crux_compressor_t c, const float *grad, float *out, int add)
     }
     if (add)
         CRUX_TRY(cx_check_add(c, grad, out));
+    else if (out != grad && cx_overlaps(grad, out, c->n)) {
+        /* the passes zero out right behind their read of grad, element by element */
+        crux_error(CRUX_SUBSYS_CODEC, "%s: out overlaps grad without being grad (%p, %p, %zu "
+                   "floats); pass the same pointer or separate buffers", fn, (const void *)grad,
+                   (const void *)out, c->n);
+        return CRUX_ERR_ARG;
+    }
     struct crux_ctx *ctx = c->comm->ctx;
     if (ctx->broken) {
         crux_error(CRUX_SUBSYS_CODEC, "%s: an earlier collective failed (%s)", fn,

@@ -140,8 +140,6 @@ int cx_accumulate_zero(struct crux_compressor *c, size_t chunk, const float *gra
 void cx_zero_out(float *out, const float *grad, size_t n, size_t off, size_t m, int wide);
 /* Whether this CPU has 64-byte non-temporal stores (AVX-512F). */
 int cx_zero_wide(void);
-/* The same for a block grad no longer needs, split over the encode pool. */
-void cx_zero_out_pooled(struct crux_compressor *c, float *out, const float *grad, size_t off, size_t m);
 /* Memory update of a chunk after sent[0..k) (chunk-relative, ascending) left. */
 void cx_mem_update(struct crux_compressor *c, size_t chunk, const uint32_t *sent, size_t k);
 /* out[chunk] = 0 except out[idx] = val; with c->add_out only out[idx] += val. */

@@ -463,8 +463,9 @@ static void expect_create(size_t n, const crux_compress_config_t *cfg, int want,
 }
 
 /* crux_compressed_allreduce_add refuses, before sending anything, an out that overlaps
- * grad and the codecs that sum in out (topk, qsgd); out is left as it was. A good call
- * then still works on every rank. */
+ * grad and the codecs that sum in out (topk, qsgd); crux_compressed_allreduce refuses an
+ * out that overlaps grad without being grad. Nothing is written. A good call then still
+ * works on every rank. */
 static int bad_add(void)
 {
     float g[100], out[100];
@@ -487,6 +488,17 @@ static int bad_add(void)
                 break;
             }
         if (codecs[j] == CRUX_CODEC_CLTK) { /* no step was posted: the next call matches */
+            float both[150];
+            for (int i = 0; i < 150; i++)
+                both[i] = (float)i;
+            rc = crux_compressed_allreduce(c, both, both + 50);
+            if (rc != CRUX_ERR_ARG)
+                FAIL("crux_compressed_allreduce with out = grad + 50: %d, want CRUX_ERR_ARG", rc);
+            for (int i = 0; i < 150; i++)
+                if (both[i] != (float)i) {
+                    FAIL("a refused crux_compressed_allreduce wrote element %d", i);
+                    break;
+                }
             CHECK_RC(crux_compressed_allreduce_add(c, g, out));
             size_t nz = 0;
             for (int i = 0; i < 100; i++)

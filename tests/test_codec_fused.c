@@ -48,20 +48,36 @@ static void fill(float *x, size_t n, enum dist d, uint64_t seed)
 struct bufs {
     float *mem, *grad, *acc, *acc_ref, *val, *val_ref;
     uint32_t *idx, *idx_ref;
+    float *out; /* 64-byte aligned, n + 17 floats: out + 0 streams, out + 1 does not */
 };
 
 static struct bufs bufs_new(size_t n)
 {
     struct bufs b = {malloc(n * 4), malloc(n * 4), malloc(n * 4), malloc(n * 4),
-                     malloc(n * 4), malloc(n * 4), malloc(n * 4), malloc(n * 4)};
-    cr_assert(b.mem && b.grad && b.acc && b.acc_ref && b.val && b.val_ref && b.idx && b.idx_ref);
+                     malloc(n * 4), malloc(n * 4), malloc(n * 4), malloc(n * 4),
+                     aligned_alloc(64, (n + 17 + 15) / 16 * 64)};
+    cr_assert(b.mem && b.grad && b.acc && b.acc_ref && b.val && b.val_ref && b.idx && b.idx_ref &&
+              b.out);
     return b;
 }
 
 static void bufs_free(struct bufs *b)
 {
     free(b->mem); free(b->grad); free(b->acc); free(b->acc_ref);
-    free(b->val); free(b->val_ref); free(b->idx); free(b->idx_ref);
+    free(b->val); free(b->val_ref); free(b->idx); free(b->idx_ref); free(b->out);
+}
+
+/* x[0..n) all +0 (bit pattern), x[n] still the 0xa5 fill. */
+static void expect_zeroed(const float *x, size_t n, const char *what)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &x[i], 4);
+        cr_assert_eq(bits, 0u, "%s: out[%zu] of %zu not zeroed", what, i, n);
+    }
+    uint32_t after;
+    memcpy(&after, &x[n], 4);
+    cr_assert_eq(after, 0xa5a5a5a5u, "%s: out[%zu] written past the end", what, n);
 }
 
 /* crux_topk_acc (acc separate, then in place) and crux_topk_ef against the reference. */
@@ -71,14 +87,31 @@ static void check_fused(struct bufs *b, size_t n, size_t k, uint64_t seed, struc
     crux_mem_accumulate(b->acc_ref, b->mem, b->grad, n);
     size_t want = crux_topk(b->acc_ref, n, k, seed, ws, b->idx_ref, b->val_ref);
 
-    memset(b->acc, 0xa5, n * 4);
-    size_t got = crux_topk_acc(b->acc, b->mem, b->grad, n, k, seed, ws, b->idx, b->val);
-    if (ws && k > 0 && k < n)
-        paths[codec_topk_last_path(ws)]++;
-    cr_assert_eq(got, want, "n=%zu k=%zu", n, k);
-    cr_assert_eq(memcmp(b->idx, b->idx_ref, got * 4), 0, "n=%zu k=%zu: indices", n, k);
-    cr_assert_eq(memcmp(b->val, b->val_ref, got * 4), 0, "n=%zu k=%zu: values", n, k);
-    cr_assert_eq(memcmp(b->acc, b->acc_ref, n * 4), 0, "n=%zu k=%zu: accumulator", n, k);
+    /* without out, then zeroing an aligned (streamed) and a misaligned out in the pass */
+    for (int o = -1; o <= 1; o++) {
+        float *out = o < 0 ? NULL : b->out + o;
+        memset(b->acc, 0xa5, n * 4);
+        if (out)
+            memset(out, 0xa5, (n + 1) * 4);
+        size_t got = crux_topk_acc(b->acc, b->mem, b->grad, out, n, k, seed, ws, b->idx, b->val);
+        if (ws && k > 0 && k < n && o < 0)
+            paths[codec_topk_last_path(ws)]++;
+        cr_assert_eq(got, want, "n=%zu k=%zu out %d", n, k, o);
+        cr_assert_eq(memcmp(b->idx, b->idx_ref, got * 4), 0, "n=%zu k=%zu: indices", n, k);
+        cr_assert_eq(memcmp(b->val, b->val_ref, got * 4), 0, "n=%zu k=%zu: values", n, k);
+        cr_assert_eq(memcmp(b->acc, b->acc_ref, n * 4), 0, "n=%zu k=%zu: accumulator", n, k);
+        if (out)
+            expect_zeroed(out, n, "crux_topk_acc");
+    }
+    /* out = grad (the in-place call): grad is read before it is zeroed */
+    memcpy(b->out, b->grad, n * 4);
+    memset(b->out + n, 0xa5, 4);
+    size_t got = crux_topk_acc(b->acc, b->mem, b->out, b->out, n, k, seed, ws, b->idx, b->val);
+    cr_assert_eq(got, want);
+    cr_assert_eq(memcmp(b->idx, b->idx_ref, got * 4), 0, "n=%zu k=%zu: out = grad indices", n, k);
+    cr_assert_eq(memcmp(b->val, b->val_ref, got * 4), 0, "n=%zu k=%zu: out = grad values", n, k);
+    cr_assert_eq(memcmp(b->acc, b->acc_ref, n * 4), 0, "n=%zu k=%zu: out = grad acc", n, k);
+    expect_zeroed(b->out, n, "crux_topk_acc out = grad");
 
     /* error feedback in place: mem ends as acc with the selected entries zeroed */
     memcpy(b->acc, b->mem, n * 4);
@@ -136,7 +169,7 @@ Test(fused, same_as_unfused_avx512, .timeout = 60) { fused_vs_unfused_on("avx512
  * mem + grad, acc complete even on overflow, tails of every length, in place too; with
  * zero set, exactly the recorded survivors (the first cap on overflow) are stored as +0. */
 typedef size_t (*compact_acc_fn)(float *, const float *, const float *, size_t, uint32_t,
-                                 uint32_t *, float *, size_t, int);
+                                 uint32_t *, float *, size_t, int, float *);
 
 static void expect_acc(const float *a, const float *ref, size_t n, const uint32_t *rec, size_t nrec,
                        int zero, const char *what, size_t cap)
@@ -159,7 +192,8 @@ static void compact_acc_matches(const char *isa)
     compact_acc_fn fn = !strcmp(isa, "avx512") ? codec_compact_acc_avx512
                         : !strcmp(isa, "avx2") ? codec_compact_acc_avx2 : codec_compact_acc_scalar;
     enum { N = 300 };
-    float m[N], g[N], a[N], ref[N], inplace[N];
+    float m[N], g[N], a[N], ref[N], inplace[N], gz[N + 1];
+    _Alignas(64) float o[N + 2];
     uint32_t i1[N + 1], i2[N + 1];
     float v1[N + 1], v2[N + 1];
     fill(m, N, D_SMALL_INTS, 3);
@@ -174,22 +208,75 @@ static void compact_acc_matches(const char *isa)
             for (size_t t = 0; t < sizeof thrs / sizeof thrs[0]; t++) {
                 size_t want = codec_compact_scalar(ref, n, thrs[t], i1, v1, N);
                 for (size_t cap = want > 3 ? want - 3 : 0; cap <= want + 70 && cap <= N; cap++) {
+                    /* out: none, line-aligned (streamed), misaligned */
+                    int oo = (int)(cap % 3) - 1;
+                    float *out = oo < 0 ? NULL : o + oo;
                     memset(a, 0xa5, sizeof a);
-                    size_t got = fn(a, m, g, n, thrs[t], i2, v2, cap, zero);
+                    memset(o, 0xa5, sizeof o);
+                    size_t got = fn(a, m, g, n, thrs[t], i2, v2, cap, zero, out);
                     size_t rec = want > cap ? cap : want;
                     cr_assert_eq(got, want > cap ? cap + 1 : want, "n=%zu thr=%x cap=%zu", n, thrs[t], cap);
                     cr_assert_eq(memcmp(i1, i2, rec * 4), 0, "n=%zu cap=%zu: recorded indices", n, cap);
                     cr_assert_eq(memcmp(v1, v2, rec * 4), 0, "n=%zu cap=%zu: recorded values", n, cap);
                     expect_acc(a, ref, n, i1, rec, zero, isa, cap);
+                    if (out)
+                        expect_zeroed(out, n, isa);
+                }
+                /* out = grad: every grad element read before its zero is stored, also
+                 * past an overflow (cap one short) */
+                for (size_t cap = want ? want - 1 : 0; cap <= want; cap++) {
+                    memcpy(gz, g, sizeof g);
+                    memset(gz + n, 0xa5, 4);
+                    memset(a, 0xa5, sizeof a);
+                    size_t kept = fn(a, m, gz, n, thrs[t], i2, v2, cap, zero, gz);
+                    size_t rec = want > cap ? cap : want;
+                    cr_assert_eq(kept, want > cap ? cap + 1 : want, "out = grad: n=%zu cap=%zu", n, cap);
+                    cr_assert_eq(memcmp(i1, i2, rec * 4), 0, "out = grad: n=%zu indices", n);
+                    expect_acc(a, ref, n, i1, rec, zero, "out = grad", cap);
+                    expect_zeroed(gz, n, "out = grad");
                 }
                 for (size_t cap = want > 40 ? want - 40 : 0; cap <= want; cap++) { /* in place */
                     memcpy(inplace, m, sizeof inplace);
-                    size_t got = fn(inplace, inplace, g, n, thrs[t], i2, v2, cap, zero);
+                    size_t got = fn(inplace, inplace, g, n, thrs[t], i2, v2, cap, zero, NULL);
                     cr_assert_eq(got, want > cap ? cap + 1 : want);
                     expect_acc(inplace, ref, n, i1, want > cap ? cap : want, zero, "in place", cap);
                 }
             }
 }
+
+/* crux_mem_accumulate_zero: acc as crux_mem_accumulate, out zeroed exactly over n, for
+ * every tail length, aligned (streamed) and misaligned out, and out = grad. */
+static void acc_zero_matches(const char *isa)
+{
+    use_isa(isa);
+    enum { N = 300 };
+    float m[N], g[N], a[N], ref[N], gz[N + 1];
+    _Alignas(64) float o[N + 2];
+    fill(m, N, D_WITH_NAN, 5);
+    fill(g, N, D_HEAVY, 6);
+    crux_mem_accumulate(ref, m, g, N);
+    for (size_t n = 0; n <= N; n++) {
+        for (int oo = 0; oo < 2; oo++) {
+            memset(a, 0xa5, sizeof a);
+            memset(o, 0xa5, sizeof o);
+            crux_mem_accumulate_zero(a, m, g, o + oo, n);
+            cr_assert_eq(memcmp(a, ref, n * 4), 0, "%s n=%zu: acc", isa, n);
+            expect_zeroed(o + oo, n, isa);
+        }
+        memcpy(gz, g, sizeof g);
+        memset(gz + n, 0xa5, 4);
+        crux_mem_accumulate_zero(a, m, gz, gz, n);
+        cr_assert_eq(memcmp(a, ref, n * 4), 0, "%s n=%zu: acc with out = grad", isa, n);
+        expect_zeroed(gz, n, "out = grad");
+        memcpy(a, m, sizeof m); /* acc = mem (in-place memory), out NULL */
+        crux_mem_accumulate_zero(a, a, g, NULL, n);
+        cr_assert_eq(memcmp(a, ref, n * 4), 0, "%s n=%zu: in place, no out", isa, n);
+    }
+}
+
+Test(acc_zero, scalar) { acc_zero_matches("scalar"); }
+Test(acc_zero, avx2) { acc_zero_matches("avx2"); }
+Test(acc_zero, avx512) { acc_zero_matches("avx512"); }
 
 Test(compact_acc, scalar_matches_unfused) { compact_acc_matches("scalar"); }
 Test(compact_acc, avx2_matches_unfused) { compact_acc_matches("avx2"); }

@@ -122,8 +122,21 @@ static void fill_heavy(float *x, size_t n, uint64_t seed)
     }
 }
 
+/* x[0..n) all +0 and x[n] still the 0xa5 fill (each part zeroed exactly its range). */
+static void expect_zeroed(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &x[i], 4);
+        cr_assert_eq(bits, 0u, "out[%zu] of %zu not zeroed", i, n);
+    }
+    uint32_t after;
+    memcpy(&after, &x[n], 4);
+    cr_assert_eq(after, 0xa5a5a5a5u, "out[%zu] written past the end", n);
+}
+
 /* Survivors near the part boundary and a planted cluster in the second half: the joined
- * per-part lists must be exactly the one-thread list. */
+ * per-part lists must be exactly the one-thread list (and the pooled pass zeroes out). */
 Test(pool, topk_and_fused_topk_bit_identical_to_one_thread, .timeout = 60)
 {
     struct crux_pool *p = pool_of(2);
@@ -131,7 +144,8 @@ Test(pool, topk_and_fused_topk_bit_identical_to_one_thread, .timeout = 60)
     float *m = malloc(N * 4), *g = malloc(N * 4), *a1 = malloc(N * 4), *a2 = malloc(N * 4);
     float *v1 = malloc(N * 4), *v2 = malloc(N * 4);
     uint32_t *i1 = malloc(N * 4), *i2 = malloc(N * 4);
-    cr_assert(m && g && a1 && a2 && v1 && v2 && i1 && i2);
+    float *o = aligned_alloc(64, (N + 16) / 16 * 64); /* the dense output zeroed in the pass */
+    cr_assert(m && g && a1 && a2 && v1 && v2 && i1 && i2 && o);
     fill_heavy(m, N, 1);
     fill_heavy(g, N, 2);
     for (size_t i = N / 2 - 40; i < N / 2 + 4000; i += 3)
@@ -150,9 +164,11 @@ Test(pool, topk_and_fused_topk_bit_identical_to_one_thread, .timeout = 60)
             cr_assert_eq(codec_topk_last_path(w1), codec_topk_last_path(w2));
             cr_assert_eq(memcmp(i1, i2, c1 * 4), 0, "n=%zu k=%zu: indices", n, k);
             cr_assert_eq(memcmp(v1, v2, c1 * 4), 0, "n=%zu k=%zu: values", n, k);
-            c1 = crux_topk_acc(a1, m, g, n, k, 4, w1, i1, v1);
-            c2 = crux_topk_acc(a2, m, g, n, k, 4, w2, i2, v2);
+            memset(o, 0xa5, (n + 1) * 4);
+            c1 = crux_topk_acc(a1, m, g, NULL, n, k, 4, w1, i1, v1);
+            c2 = crux_topk_acc(a2, m, g, o, n, k, 4, w2, i2, v2);
             cr_assert_eq(c1, c2, "n=%zu k=%zu", n, k);
+            expect_zeroed(o, n);
             cr_assert_eq(memcmp(i1, i2, c1 * 4), 0, "n=%zu k=%zu: fused indices", n, k);
             cr_assert_eq(memcmp(v1, v2, c1 * 4), 0, "n=%zu k=%zu: fused values", n, k);
             cr_assert_eq(memcmp(a1, a2, n * 4), 0, "n=%zu k=%zu: accumulator", n, k);
@@ -185,9 +201,11 @@ Test(pool, topk_and_fused_topk_bit_identical_to_one_thread, .timeout = 60)
     /* the retry path under the pool */
     codec_topk_set_margin(w1, -4.0);
     codec_topk_set_margin(w2, -4.0);
-    size_t c1 = crux_topk_acc(a1, m, g, N, 3000, 9, w1, i1, v1);
-    size_t c2 = crux_topk_acc(a2, m, g, N, 3000, 9, w2, i2, v2);
+    memset(o, 0xa5, (N + 1) * 4);
+    size_t c1 = crux_topk_acc(a1, m, g, NULL, N, 3000, 9, w1, i1, v1);
+    size_t c2 = crux_topk_acc(a2, m, g, o, N, 3000, 9, w2, i2, v2);
     cr_assert_eq(codec_topk_last_path(w2), CODEC_TOPK_RETRIED);
+    expect_zeroed(o, N);
     cr_assert_eq(c1, c2);
     cr_assert_eq(memcmp(i1, i2, c1 * 4), 0);
     cr_assert_eq(memcmp(a1, a2, N * 4), 0);
@@ -197,7 +215,7 @@ Test(pool, topk_and_fused_topk_bit_identical_to_one_thread, .timeout = 60)
     crux_topk_ws_free(w1);
     crux_topk_ws_free(w2);
     crux_pool_free(p);
-    free(m); free(g); free(a1); free(a2); free(v1); free(v2); free(i1); free(i2);
+    free(m); free(g); free(a1); free(a2); free(v1); free(v2); free(i1); free(i2); free(o);
 }
 
 /* ---- the pool inside the compressor: one rank, two compressors that differ only in

@@ -57,9 +57,24 @@ T256 size_t codec_compact_avx2(const float *x, size_t n, uint32_t thr, uint32_t 
 }
 
 /* codec_compact_avx2 on acc = mem + grad, storing acc as it goes (codec_isa.h). */
-T256 size_t codec_compact_acc_avx2(float *acc, const float *mem, const float *grad, size_t n,
-                                   uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero)
+/* Zero the 4 vectors at out (32 floats, two lines) after their grad was read; streamed
+ * when out is 32-byte aligned (the loops keep that alignment). */
+static inline __attribute__((always_inline)) T256 void zero4(float *out, int nt)
 {
+    const __m256 z = _mm256_setzero_ps();
+    for (int q = 0; q < 4; q++) {
+        if (nt)
+            _mm256_stream_ps(out + 8 * q, z);
+        else
+            _mm256_storeu_ps(out + 8 * q, z);
+    }
+}
+
+T256 size_t codec_compact_acc_avx2(float *acc, const float *mem, const float *grad, size_t n,
+                                   uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero,
+                                   float *out)
+{
+    const int nt = out && !((uintptr_t)out & 31);
     const __m256i absmask = _mm256_set1_epi32(0x7fffffff);
     const __m256i below = _mm256_set1_epi32((int)thr - 1);
     const __m256i step = _mm256_set1_epi32(8);
@@ -74,6 +89,8 @@ T256 size_t codec_compact_acc_avx2(float *acc, const float *mem, const float *gr
             __m256 keep = zero ? _mm256_andnot_ps(_mm256_castsi256_ps(g[q]), v[q]) : v[q];
             _mm256_storeu_ps(acc + i + 8 * q, keep);
         }
+        if (out)
+            zero4(out + i, nt);
         __m256i any = _mm256_or_si256(_mm256_or_si256(g[0], g[1]), _mm256_or_si256(g[2], g[3]));
         if (_mm256_testz_si256(any, any)) {
             iv = _mm256_add_epi32(iv, _mm256_set1_epi32(32));
@@ -88,12 +105,30 @@ T256 size_t codec_compact_acc_avx2(float *acc, const float *mem, const float *gr
             iv = _mm256_add_epi32(iv, step);
         }
     }
+    if (nt)
+        _mm_sfence(); /* the streamed zeros before any later store to out */
     size_t rest = codec_compact_acc_scalar(acc + i, mem + i, grad + i, n - i, thr, idx + cnt,
-                                           val + cnt, cap - cnt, zero);
+                                           val + cnt, cap - cnt, zero, out ? out + i : NULL);
     size_t rec = rest > cap - cnt ? cap - cnt : rest; /* on overflow: cap recorded in all */
     for (size_t j = cnt; j < cnt + rec; j++)
         idx[j] += (uint32_t)i;
     return rest > cap - cnt ? cap + 1 : cnt + rest;
+}
+
+T256 void codec_acc_zero_avx2(float *acc, const float *mem, const float *grad, float *out,
+                              size_t n)
+{
+    const int nt = !((uintptr_t)out & 31);
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        for (int q = 0; q < 4; q++)
+            _mm256_storeu_ps(acc + i + 8 * q, _mm256_add_ps(_mm256_loadu_ps(mem + i + 8 * q),
+                                                            _mm256_loadu_ps(grad + i + 8 * q)));
+        zero4(out + i, nt);
+    }
+    if (nt)
+        _mm_sfence();
+    codec_acc_zero_scalar(acc + i, mem + i, grad + i, out + i, n - i);
 }
 
 /* a*i + b for i = base + first, base + first + 2, ... (4 lanes), as the scalar hash. */

@@ -47,12 +47,26 @@ T512 size_t codec_compact_avx512(const float *x, size_t n, uint32_t thr, uint32_
     return cnt + rest;
 }
 
+/* Zero the 4 lines at out (64 floats) after their grad was read; streamed when out is
+ * line-aligned (the loops step by whole lines, so that holds for the whole loop). */
+static inline __attribute__((always_inline)) T512 void zero4(float *out, int nt)
+{
+    const __m512 z = _mm512_setzero_ps();
+    for (int q = 0; q < 4; q++) {
+        if (nt)
+            _mm512_stream_ps(out + 16 * q, z);
+        else
+            _mm512_storeu_ps(out + 16 * q, z);
+    }
+}
+
 /* The same loop as codec_compact_avx512 on acc = mem + grad, storing acc as it goes:
  * one read-2-write-1 pass instead of an accumulate pass plus a compaction pass. */
 T512 size_t codec_compact_acc_avx512(float *acc, const float *mem, const float *grad, size_t n,
                                      uint32_t thr, uint32_t *idx, float *val, size_t cap,
-                                     int zero)
+                                     int zero, float *out)
 {
+    const int nt = out && !((uintptr_t)out & 63);
     const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
     const __m512i t = _mm512_set1_epi32((int)thr);
     const __m512i step = _mm512_set1_epi32(16);
@@ -66,6 +80,8 @@ T512 size_t codec_compact_acc_avx512(float *acc, const float *mem, const float *
             m[q] = _mm512_cmpge_epi32_mask(_mm512_and_si512(_mm512_castps_si512(v[q]), absmask), t);
             _mm512_storeu_ps(acc + i + 16 * q, _mm512_maskz_mov_ps(zero ? (__mmask16)~m[q] : 0xffff, v[q]));
         }
+        if (out)
+            zero4(out + i, nt);
         if (!(m[0] | m[1] | m[2] | m[3])) {
             iv = _mm512_add_epi32(iv, _mm512_set1_epi32(64));
             continue;
@@ -77,12 +93,30 @@ T512 size_t codec_compact_acc_avx512(float *acc, const float *mem, const float *
             iv = _mm512_add_epi32(iv, step);
         }
     }
+    if (nt)
+        _mm_sfence(); /* the streamed zeros before any later store to out */
     size_t rest = codec_compact_acc_scalar(acc + i, mem + i, grad + i, n - i, thr, idx + cnt,
-                                           val + cnt, cap - cnt, zero);
+                                           val + cnt, cap - cnt, zero, out ? out + i : NULL);
     size_t rec = rest > cap - cnt ? cap - cnt : rest; /* on overflow: cap recorded in all */
     for (size_t j = cnt; j < cnt + rec; j++)
         idx[j] += (uint32_t)i;
     return rest > cap - cnt ? cap + 1 : cnt + rest;
+}
+
+T512 void codec_acc_zero_avx512(float *acc, const float *mem, const float *grad, float *out,
+                                size_t n)
+{
+    const int nt = !((uintptr_t)out & 63);
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        for (int q = 0; q < 4; q++)
+            _mm512_storeu_ps(acc + i + 16 * q, _mm512_add_ps(_mm512_loadu_ps(mem + i + 16 * q),
+                                                             _mm512_loadu_ps(grad + i + 16 * q)));
+        zero4(out + i, nt);
+    }
+    if (nt)
+        _mm_sfence();
+    codec_acc_zero_scalar(acc + i, mem + i, grad + i, out + i, n - i);
 }
 
 T512 size_t codec_sweep_avx512(const uint32_t *in_idx, const float *in_val, size_t m, uint32_t t,

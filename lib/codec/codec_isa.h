@@ -8,6 +8,10 @@
 
 #include "codec/codec.h"
 
+#if defined(__x86_64__)
+#define CODEC_X86 1 /* the AVX2 and AVX-512 kernels exist */
+#endif
+
 enum codec_isa { CODEC_ISA_UNKNOWN = 0, CODEC_ISA_SCALAR, CODEC_ISA_AVX2, CODEC_ISA_AVX512 };
 
 /* The implementation in use: "avx512", "avx2" or "scalar". */
@@ -38,13 +42,23 @@ size_t codec_compact_avx512(const float *x, size_t n, uint32_t thr, uint32_t *id
  * or grad), and the same compaction on acc. acc is written completely even when more
  * than cap entries qualify (then cap + 1 is returned, and the first cap are recorded).
  * With zero != 0 every recorded survivor is stored in acc as +0 instead (its value is in
- * val): error feedback then restores only the survivors that were not selected. */
+ * val): error feedback then restores only the survivors that were not selected.
+ * out (NULL or n floats; may be grad, else disjoint) is set to +0 in the same pass,
+ * completely even on overflow; streamed when aligned to the vector. */
 size_t codec_compact_acc_scalar(float *acc, const float *mem, const float *grad, size_t n,
-                                uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero);
+                                uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero,
+                                float *out);
 size_t codec_compact_acc_avx2(float *acc, const float *mem, const float *grad, size_t n,
-                              uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero);
+                              uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero,
+                              float *out);
 size_t codec_compact_acc_avx512(float *acc, const float *mem, const float *grad, size_t n,
-                                uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero);
+                                uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero,
+                                float *out);
+
+/* crux_mem_accumulate_zero per ISA (out not NULL); bit-identical. */
+void codec_acc_zero_scalar(float *acc, const float *mem, const float *grad, float *out, size_t n);
+void codec_acc_zero_avx2(float *acc, const float *mem, const float *grad, float *out, size_t n);
+void codec_acc_zero_avx512(float *acc, const float *mem, const float *grad, float *out, size_t n);
 
 /* Fix-up sweep over a survivor list: keep key > t and the first `ties` entries with
  * key == t, in order, into out_idx/out_val (either may be NULL; they may alias the

@@ -3,11 +3,36 @@
 #include <string.h>
 
 #include "codec/codec.h"
+#include "codec/codec_isa.h"
 
 void crux_mem_accumulate(float *acc, const float *mem, const float *grad, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         acc[i] = mem[i] + grad[i];
+}
+
+void codec_acc_zero_scalar(float *acc, const float *mem, const float *grad, float *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        acc[i] = mem[i] + grad[i];
+        out[i] = 0.0f; /* after the read: out may be grad */
+    }
+}
+
+void crux_mem_accumulate_zero(float *acc, const float *mem, const float *grad, float *out,
+                              size_t n)
+{
+    if (!out) {
+        crux_mem_accumulate(acc, mem, grad, n);
+        return;
+    }
+    switch (crux_codec_active_isa()) {
+#ifdef CODEC_X86
+    case CODEC_ISA_AVX512: codec_acc_zero_avx512(acc, mem, grad, out, n); return;
+    case CODEC_ISA_AVX2: codec_acc_zero_avx2(acc, mem, grad, out, n); return;
+#endif
+    default: codec_acc_zero_scalar(acc, mem, grad, out, n); return;
+    }
 }
 
 void crux_mem_residual(float *mem, const float *acc, const uint32_t *idx, size_t k, size_t n)

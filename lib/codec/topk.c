@@ -27,10 +27,6 @@
 #include "crux.h"
 #include "log.h"
 
-#if defined(__x86_64__)
-#define CODEC_X86 1
-#endif
-
 /* ---- dispatch ---- */
 
 static int codec_isa_cur = CODEC_ISA_UNKNOWN;
@@ -113,40 +109,47 @@ size_t codec_compact_scalar(const float *x, size_t n, uint32_t thr, uint32_t *id
 }
 
 size_t codec_compact_acc_scalar(float *acc, const float *mem, const float *grad, size_t n,
-                                uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero)
+                                uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero,
+                                float *out)
 {
     size_t cnt = 0, i = 0;
-    for (; i < n; i++) {
+    int over = 0;
+    for (; i < n && !over; i++) {
         float a = mem[i] + grad[i];
-        if (key_of(a) >= thr) {
-            if (cnt == cap)
-                break;
+        if (out) /* after the read of grad[i]: out may be grad */
+            out[i] = 0.0f;
+        if (key_of(a) >= thr && !(over = cnt == cap)) {
             idx[cnt] = (uint32_t)i;
             val[cnt] = a;
             cnt++;
             acc[i] = zero ? 0.0f : a;
         } else {
-            acc[i] = a;
+            acc[i] = a; /* also the first survivor past cap: not recorded, kept whole */
         }
     }
-    if (i == n)
+    if (!over)
         return cnt;
-    /* over capacity: the caller falls back, but acc must be complete (and only the
-     * recorded survivors zeroed) */
-    for (; i < n; i++)
+    /* over capacity: the caller falls back, but acc and out must be complete (and only
+     * the recorded survivors zeroed) */
+    for (; i < n; i++) {
         acc[i] = mem[i] + grad[i];
+        if (out)
+            out[i] = 0.0f;
+    }
     return cap + 1;
 }
 
 static size_t compact_acc(float *acc, const float *mem, const float *grad, size_t n, uint32_t thr,
-                          uint32_t *idx, float *val, size_t cap, int zero)
+                          uint32_t *idx, float *val, size_t cap, int zero, float *out)
 {
     switch (crux_codec_active_isa()) {
 #ifdef CODEC_X86
-    case CODEC_ISA_AVX512: return codec_compact_acc_avx512(acc, mem, grad, n, thr, idx, val, cap, zero);
-    case CODEC_ISA_AVX2: return codec_compact_acc_avx2(acc, mem, grad, n, thr, idx, val, cap, zero);
+    case CODEC_ISA_AVX512:
+        return codec_compact_acc_avx512(acc, mem, grad, n, thr, idx, val, cap, zero, out);
+    case CODEC_ISA_AVX2:
+        return codec_compact_acc_avx2(acc, mem, grad, n, thr, idx, val, cap, zero, out);
 #endif
-    default: return codec_compact_acc_scalar(acc, mem, grad, n, thr, idx, val, cap, zero);
+    default: return codec_compact_acc_scalar(acc, mem, grad, n, thr, idx, val, cap, zero, out);
     }
 }
 
@@ -420,6 +423,7 @@ struct survivor_pass {
     const float *x;
     float *acc;
     const float *mem, *grad;
+    float *out;        /* first fused pass only: zeroed as grad is read (may be grad) */
     size_t n;
     uint32_t thr;
     int zero;          /* this (fused) pass stores survivors as 0 in acc */
@@ -438,7 +442,7 @@ static void survivor_part(void *arg, int part, int nparts)
     float *val = ws->cval + (size_t)part * ws->stride;
     if (sp->acc)
         c = compact_acc(sp->acc + lo, sp->mem + lo, sp->grad + lo, hi - lo, sp->thr, idx, val,
-                        ws->cap, sp->zero);
+                        ws->cap, sp->zero, sp->out ? sp->out + lo : NULL);
     else
         c = compact(sp->x + lo, hi - lo, sp->thr, idx, val, ws->cap);
     if (c <= ws->cap && lo)
@@ -505,9 +509,10 @@ static size_t topk_sampled(struct survivor_pass *sp, size_t k, uint64_t seed, ui
         sp->thr = thr;
         size_t m = run_survivor_pass(sp);
         int zeroed = sp->zero && m <= ws->cap;
-        if (sp->acc) { /* acc now holds mem + grad: later passes read it */
+        if (sp->acc) { /* acc now holds mem + grad (and out is zero): later passes read acc */
             sp->x = sp->acc;
             sp->acc = NULL;
+            sp->out = NULL;
             sp->zero = 0;
         }
         if (m > ws->cap)
@@ -561,16 +566,16 @@ size_t crux_topk(const float *x, size_t n, size_t k, uint64_t seed, struct crux_
     return topk_sampled(&sp, k, seed, idx, val);
 }
 
-size_t crux_topk_acc(float *acc, const float *mem, const float *grad, size_t n, size_t k,
-                     uint64_t seed, struct crux_topk_ws *ws, uint32_t *idx, float *val)
+size_t crux_topk_acc(float *acc, const float *mem, const float *grad, float *out, size_t n,
+                     size_t k, uint64_t seed, struct crux_topk_ws *ws, uint32_t *idx, float *val)
 {
     if (k > n)
         k = n;
     if (topk_trivial(n, k, ws)) {
-        crux_mem_accumulate(acc, mem, grad, n);
+        crux_mem_accumulate_zero(acc, mem, grad, out, n);
         return topk_direct(acc, n, k, ws, idx, val);
     }
-    struct survivor_pass sp = {.acc = acc, .mem = mem, .grad = grad, .n = n, .ws = ws};
+    struct survivor_pass sp = {.acc = acc, .mem = mem, .grad = grad, .out = out, .n = n, .ws = ws};
     return topk_sampled(&sp, k, seed, idx, val);
 }
 

@@ -699,7 +699,8 @@ void cx_zero_out(float *out, const float *grad, size_t n, size_t off, size_t m, 
 int cx_accumulate_zero(struct crux_compressor *c, size_t chunk, const float *grad, float *out)
 {
     size_t off = cx_chunk_off(c, chunk), len = cx_chunk_len(c, chunk);
-    /* each sub-block of out is zeroed right after the same block of grad was read */
+    /* out is zeroed in the loop that reads grad (one stream of loads and stores is cheaper
+     * here than two passes, lib/codec/NOTES.md); sub-blocks so the queue is polled */
     for (size_t o = 0; o < len; o += CX_POLL_ELEMS) {
         size_t m = len - o < CX_POLL_ELEMS ? len - o : CX_POLL_ELEMS;
         if (c->cfg.memory != CRUX_MEMORY_NONE) {

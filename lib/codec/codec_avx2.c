@@ -56,7 +56,6 @@ T256 size_t codec_compact_avx2(const float *x, size_t n, uint32_t thr, uint32_t 
     return cnt + rest;
 }
 
-/* codec_compact_avx2 on acc = mem + grad, storing acc as it goes (codec_isa.h). */
 /* Zero the 4 vectors at out (32 floats, two lines) after their grad was read; streamed
  * when out is 32-byte aligned (the loops keep that alignment). */
 static inline __attribute__((always_inline)) T256 void zero4(float *out, int nt)
@@ -70,6 +69,7 @@ static inline __attribute__((always_inline)) T256 void zero4(float *out, int nt)
     }
 }
 
+/* codec_compact_avx2 on acc = mem + grad, storing acc as it goes (codec_isa.h). */
 T256 size_t codec_compact_acc_avx2(float *acc, const float *mem, const float *grad, size_t n,
                                    uint32_t thr, uint32_t *idx, float *val, size_t cap, int zero,
                                    float *out)

@@ -6,8 +6,10 @@
  * stages chunks of the peer's half (RS); for each chunk of its own half that
  * arrives it reduces with its own vector ONCE, into recvbuf and the outgoing
  * staging slot (the allgather message), so the allgather needs no second pass
- * over recvbuf; arriving allgather chunks are copied to recvbuf, with
- * non-temporal stores from 16 MiB on (skips the read-for-ownership). Chunks are a
+ * over recvbuf; arriving allgather chunks are copied to recvbuf
+ * (non-temporal stores only if CRUX_SHM_NT_BYTES asks: LIMITS.md found them 10-15%
+ * faster from 16 MiB on, but on 2026-12-08 this host ran 16 MiB-256 MiB 10-25%
+ * faster without them, 5 interleaved launches). Chunks are a
  * quarter of a half, at least 16 KiB, at most a staging slot. One ring per
  * direction carries both phases in a fixed order both ranks derive (RS runs half
  * the ring ahead, then AG and RS alternate), so every fragment
@@ -31,7 +33,6 @@
 #define LARGE_SPLIT 4             /* chunk <= half / LARGE_SPLIT: the pipeline fills early */
 #define LARGE_MIN_CHUNK 16384     /* ... but not below: each chunk costs ~4 cache-line syncs */
 #define LARGE_SUB 16384          /* fused reduce + copy in L1-sized pieces */
-#define LARGE_NT_MIN (16u << 20) /* recvbuf writes non-temporal from here (LIMITS.md) */
 #define LARGE_IDLE_POLL 64       /* idle passes between clock/death checks */
 #define LARGE_SLEEP_MS 5         /* longest nap: a wake-up the peer still owes arrives anyway */
 
@@ -102,15 +103,15 @@ static int large_corrupt(const struct crux_coll *op, const struct large_geo *g, 
  * never stores into t: t's lines sit in the peer's cache (it read them last lap),
  * and vector stores would fetch each one across cores first, while memcpy's
  * string stores claim whole lines (2026-12-07, 2 ranks, 256 KiB: 38 -> 21 us).
- * From LARGE_NT_MIN recvbuf gets non-temporal stores, so the result goes through
- * an L1 scratch piece rather than being read back from recvbuf. */
+ * With non-temporal stores (CRUX_SHM_NT_BYTES) the result goes through an L1
+ * scratch piece rather than being read back from recvbuf. */
 static void large_fuse(const struct crux_coll *op, const struct large_geo *g, uint64_t i,
                        const char *s, char *t, size_t n)
 {
     size_t at = g->off[g->r] + (size_t)i * g->chunk;
     const char *a = (const char *)op->sendbuf + at;
     char *dst = (char *)op->recvbuf + at;
-    int nt = op->count * op->esize >= LARGE_NT_MIN;
+    int nt = crux_shm_nt(op->comm->ctx, op->count * op->esize);
     _Alignas(64) char l1[LARGE_SUB];
     for (size_t o = 0; o < n; o += LARGE_SUB) {
         size_t m = n - o < LARGE_SUB ? n - o : LARGE_SUB;
@@ -127,7 +128,7 @@ static int large_pass(struct crux_coll *op, const struct large_geo *g)
 {
     uint64_t *c = op->ctr;
     int moved = 0;
-    int nt = op->count * op->esize >= LARGE_NT_MIN;
+    int nt = crux_shm_nt(op->comm->ctx, op->count * op->esize);
     for (;;) {
         size_t cap, n;
         int tx_rs = large_next_is_rs(g, c[LG_RS_TX], c[LG_AG_TX], g->k[g->q], g->k[g->r]);

@@ -73,6 +73,11 @@ const struct crux_param crux_params[] = {
     {"SHM_EAGER_BYTES", CRUX_PARAM_SIZE, "16K", OFF(shm_eager_bytes), "0..1M",
      "Shared-memory messages up to this many bytes go through a per-peer mailbox in one copy; "
      "larger ones through the chunked staging pipeline. 0 disables the mailbox."},
+    {"SHM_NT_BYTES", CRUX_PARAM_SIZE, "0", OFF(shm_nt_bytes), NULL,
+     "Shared-memory allreduces of at least this many bytes write their result with "
+     "non-temporal stores (bypassing the cache); 0 = never. Pays only where stores to memory "
+     "stream faster than they are written back from the cache: measure (bench/ref/run-ref.sh) "
+     "before setting it."},
     {"SPIN_US", CRUX_PARAM_INT, "-1", OFF(spin_us), "-1..1000000",
      "Microseconds a waiting rank busy-polls before sleeping in the kernel. -1 = auto: 50 when "
      "every rank on the host has a core of its own, 0 when the host is oversubscribed (there a "

@@ -28,6 +28,7 @@ struct crux_config {
     char socket_ifname[CRUX_STR_MAX]; /* CRUX_SOCKET_IFNAME, NCCL syntax */
     size_t chunk_bytes;      /* CRUX_CHUNK_BYTES: pipeline fragment size */
     size_t shm_eager_bytes;  /* CRUX_SHM_EAGER_BYTES: mailbox threshold */
+    size_t shm_nt_bytes;     /* CRUX_SHM_NT_BYTES: non-temporal landing threshold, 0 = never */
     int spin_us;             /* CRUX_SPIN_US: busy-poll before blocking, -1 = auto */
     /* verbs */
     char ib_hca[CRUX_STR_MAX]; /* CRUX_IB_HCA, NCCL syntax */

@@ -130,6 +130,11 @@ Test(config, size_ranges_and_granule)
     cr_assert_eq(rc, CRUX_SUCCESS);
     cr_assert_eq(size_of("SHM_EAGER_BYTES", "1025K", &rc), 16384);
     cr_assert_eq(rc, CRUX_ERR_ARG);
+    /* Non-temporal landing: off (0) unless asked; any size turns it on from there. */
+    cr_assert_eq(size_of("SHM_NT_BYTES", "16M", &rc), 16777216);
+    cr_assert_eq(rc, CRUX_SUCCESS);
+    cr_assert_eq(size_of("SHM_NT_BYTES", "sixteen", &rc), 0);
+    cr_assert_eq(rc, CRUX_ERR_ARG);
 }
 
 static int int_of(const char *param_name, const char *v, int *rc)

@@ -69,6 +69,10 @@ Test(shm_node, pipe_edges_2) { run_mode(2, "pipe", PIPE_EDGE, NULL); }
 Test(shm_node, pipe_edges_2_forced) { run_mode(2, "pipe", PIPE_EDGE, "CRUX_ALGO=shm"); }
 Test(shm_node, pipe_edges_2_chunk_64k) { run_mode2(2, "pipe", PIPE_EDGE, "CRUX_ALGO=shm", "CRUX_CHUNK_BYTES=64K"); }
 Test(shm_node, pipe_edges_2_sleep) { run_mode2(2, "pipe", PIPE_EDGE, "CRUX_ALGO=shm", "CRUX_SPIN_US=0"); }
+/* Non-temporal landing (off by default) at every size: the pipeline's fused and
+ * allgather copies, and the plain receives of the ring over shm (3 ranks). */
+Test(shm_node, pipe_edges_2_nt) { run_mode2(2, "pipe", PIPE_EDGE, "CRUX_ALGO=shm", "CRUX_SHM_NT_BYTES=64"); }
+Test(shm_node, ring_3_nt) { run_mode2(3, "allreduce", NULL, "CRUX_ALGO=ring", "CRUX_SHM_NT_BYTES=64"); }
 
 /* Ranks that disagree on count/dtype/op all get CRUX_ERR_MISMATCH (exit 3), never
  * data: rank 0 differs, and every rank's first receive involves rank 0. */

@@ -20,12 +20,8 @@
 
 #include "reduce.h"
 #include "shm.h"
+#include "shm_direct.h"
 
-/* Plain receives of at least this many bytes land with non-temporal stores: the
- * destination is far larger than the caches, so skipping the read-for-ownership
- * saves a third of the traffic (LIMITS.md: -10-15% at >= 16 MiB). Never used for
- * staging, which the peer reads back right away. */
-#define SHM_NT_MIN (16u << 20)
 #define SHM_MIN_FRAG 8192
 
 #define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
@@ -334,7 +330,7 @@ static void land(struct shm_tp *tp, unsigned char *dst, const unsigned char *a, 
 static void deliver(struct shm_tp *tp, struct crux_xfer *x, size_t off, const void *src, size_t n)
 {
     struct shm_land how = {x->dtype, x->op, (unsigned)x->tp_priv[1],
-                           x->len >= SHM_NT_MIN && !x->reduce_src};
+                           !x->reduce_src && crux_shm_nt(tp->base.ctx, x->len)};
     land(tp, (unsigned char *)x->buf + off,
          x->reduce_src ? (const unsigned char *)x->reduce_src + off : NULL, src, n, &how);
 }

@@ -181,6 +181,11 @@ void crux_shm_frag_rx_done(struct crux_tp *base, int peer)
     shm_ring(tp, p);
 }
 
+int crux_shm_nt(const struct crux_ctx *ctx, size_t bytes)
+{
+    return ctx->cfg.shm_nt_bytes && bytes >= ctx->cfg.shm_nt_bytes;
+}
+
 void crux_shm_copy(void *dst, const void *src, size_t n, int nt)
 {
     if (nt)

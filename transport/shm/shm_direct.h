@@ -60,7 +60,10 @@ void crux_shm_frag_rx_done(struct crux_tp *tp, int peer);
 /* Sleep (futex) until something arrives from peer (a mailbox message, a fragment,
  * a returned slot), timeout_ms passes, or a peer dies (CRUX_ERR_PEER, logged). */
 int crux_shm_direct_block(struct crux_tp *tp, int peer, int timeout_ms);
-/* memcpy, with non-temporal stores when nt (destinations far beyond the caches). */
+/* Should a message of this many bytes land with non-temporal stores
+ * (CRUX_SHM_NT_BYTES, off by default: see algo/shm_pipe.c)? */
+int crux_shm_nt(const struct crux_ctx *ctx, size_t bytes);
+/* memcpy, with non-temporal stores when nt. */
 void crux_shm_copy(void *dst, const void *src, size_t n, int nt);
 
 #endif

@@ -46,10 +46,13 @@ const char *crux_algo_name(int algo)
  * 64 MiB 17.1 vs 10.7 ms). More ranks: while the whole exchange fits the
  * mailboxes; each rank sends its vector to P-1 peers, so while (P-1) x bytes
  * stays within the eager limit (what two ranks send); past that recursive doubling
- * and the ring move less. With more ranks than cores the all-to-all needs every
- * rank scheduled before anyone finishes, which the generic schedules' yield path
- * already handles as well as it can: keep those (unmeasured gain, known behaviour).
- * `forced` (CRUX_ALGO=shm) drops the (P-1) factor and the oversubscription rule.
+ * and the ring move less. With more ranks than cores what costs is handing the
+ * cores over, not moving bytes: one all-to-all round needs fewer hand-offs than
+ * recursive doubling's log2(P) rounds, so there (and when forced, CRUX_ALGO=shm)
+ * the node path runs up to the mailbox size itself. 2026-12-08, 2 cores, 3
+ * interleaved launches each, recdbl -> node path: 3 ranks 12.1-15.9 -> 6.9-12.4 us
+ * (4 B-16 KiB), 4 ranks 10.5-15.8 -> 7.3-12.6 us (4 B-16 KiB; a tie from 32 KiB,
+ * where both run recursive doubling), 8 ranks 61-81 -> 34-69 us.
  * Only for calls that own the context (op->exclusive): the node path bypasses the
  * transfer queues, so schedules interleaved by lib/compress.c keep theirs. */
 static int select_shm_node(struct crux_coll *op, int forced)
@@ -60,9 +63,9 @@ static int select_shm_node(struct crux_coll *op, int forced)
     size_t bytes = op->count * op->esize;
     if (comm->size == 2)
         return forced || bytes <= crux_shm_node_max_bytes(comm) || bytes >= SELECT_SHM_PIPE_MIN_BYTES;
-    if (!forced && comm->ctx->yield_us > 0) /* oversubscribed (lib/init.c) */
-        return 0;
-    return bytes * (size_t)(forced ? 1 : comm->size - 1) <= crux_shm_node_max_bytes(comm);
+    int oversubscribed = comm->ctx->yield_us > 0; /* lib/init.c */
+    size_t fanout = forced || oversubscribed ? 1 : (size_t)comm->size - 1;
+    return bytes * fanout <= crux_shm_node_max_bytes(comm);
 }
 
 static int select_auto(struct crux_coll *op)

@@ -174,7 +174,8 @@ Test(topo, auto_selection)
 }
 
 /* One host on shm: the node path for two ranks at every size, for more ranks
- * while (P-1) x bytes fits the 16 KiB mailbox; forced shm drops the factor. */
+ * while (P-1) x bytes fits the 16 KiB mailbox; forced shm and oversubscribed
+ * hosts drop the factor. */
 Test(topo, shm_node_selection)
 {
     unsetenv("CRUX_ALGO");
@@ -203,12 +204,25 @@ Test(topo, shm_node_selection)
     struct crux_coll op = { .comm = &comm, .count = 1, .esize = 4, .exclusive = 0 };
     crux_allreduce_select(&op);
     cr_assert_eq(op.algo, CRUX_ALGO_RECDBL);
-    /* More ranks than cores: generic schedules for P > 2 unless forced. */
+    /* More ranks than cores: the node path up to the mailbox size itself (one
+     * all-to-all round, fewer hand-offs of the cores than recursive doubling). */
     struct crux_comm comm4 = { .ctx = &ctx, .size = 4, .topo = &t, .shm_node = 1, .shm_node_max = mb };
     struct crux_coll op4 = { .comm = &comm4, .count = 1, .esize = 4, .exclusive = 1 };
+    crux_allreduce_select(&op4);
+    cr_assert_eq(op4.algo, CRUX_ALGO_SHM, "a core per rank: (P-1) x 4 B fits");
+    op4.count = 5464 / 4;
+    crux_allreduce_select(&op4);
+    cr_assert_eq(op4.algo, CRUX_ALGO_RECDBL, "a core per rank: (P-1) x 5464 B does not fit");
     ctx.yield_us = 1000;
     crux_allreduce_select(&op4);
-    cr_assert_eq(op4.algo, CRUX_ALGO_RECDBL);
+    cr_assert_eq(op4.algo, CRUX_ALGO_SHM, "oversubscribed: 5464 B fits the mailbox");
+    op4.count = 16384 / 4;
+    crux_allreduce_select(&op4);
+    cr_assert_eq(op4.algo, CRUX_ALGO_SHM, "oversubscribed: 16 KiB fits the mailbox");
+    op4.count = 16388 / 4;
+    crux_allreduce_select(&op4);
+    cr_assert_eq(op4.algo, CRUX_ALGO_RECDBL, "oversubscribed: past the mailbox");
+    op4.count = 1;
     comm.shm_node = 1;
     op.exclusive = 1;
     crux_allreduce_select(&op);

@@ -26,6 +26,7 @@
 #                      seen with <90% idle before/after are marked with '*'
 #   --repeat R         run every size R times (interleaved OMPI, MPICH, EXTRA)
 #                      and print the median (lower middle for even R)
+#   --no-bare          leave out the "bare" column (below)
 #   --crux BUILD_DIR   crux's cmake build directory (default $CRUX_BUILD_DIR): unless
 #                      EXTRA_CMD is set, the third column is crux, run as
 #                      EXTRA_CMD="BUILD_DIR/crux-run -n N BUILD_DIR/crux_osu_allreduce -T DTYPE"
@@ -46,6 +47,10 @@
 #   REFBENCH_OMPI_LAUNCH / REFBENCH_MPICH_LAUNCH  replace the launch prefixes
 #               (whitespace-split; must include -np), REFBENCH_LABEL a title
 #               line; ref_tcp.sh uses these.
+#
+# bare column (2 ranks on shared memory only): bench/ref/pair_floor.c, the two
+# protocols of crux's 2-rank shm path with nothing around them, run interleaved
+# with the others: what the host allows in the same run.
 #
 # Iteration policy (per size, passed as -i/-x): <=8 KiB 1000/100 and
 # <=16 MiB 100/10 (both OMB defaults); <=64 MiB 40/4; above 20/2.
@@ -76,6 +81,7 @@ HUGE_ONLY=0
 BUILD_ONLY=0
 WAIT_QUIET=0
 REPEAT=1
+BARE=1
 CRUX_DIR="${CRUX_BUILD_DIR:-}"
 
 die() { echo "run-ref.sh: $*" >&2; exit 2; }
@@ -96,6 +102,7 @@ while [ $# -gt 0 ]; do
     --wait-quiet) WAIT_QUIET="$2"; shift 2 ;;
     --repeat) REPEAT="$2"; shift 2 ;;
     --crux) CRUX_DIR="$2"; shift 2 ;;
+    --no-bare) BARE=0; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) die "unknown argument: $1" ;;
   esac
@@ -150,6 +157,16 @@ STAGE_SRC="$HERE/stage_floor.c"
 BIN_STAGE="$BUILD/stage_floor"
 if [ -f "$STAGE_SRC" ] && { [ ! -x "$BIN_STAGE" ] || [ "$STAGE_SRC" -nt "$BIN_STAGE" ]; }; then
   gcc -O2 -o "$BIN_STAGE" "$STAGE_SRC" || BIN_STAGE=""
+fi
+# The bare 2-process allreduce of the "bare" column (bench/ref/pair_floor.c).
+PAIR_SRC="$HERE/pair_floor.c"
+BIN_PAIR="$BUILD/pair_floor"
+if [ "$BARE" = 1 ] && [ "$NP" = 2 ] && [ -z "${REFBENCH_OMPI_LAUNCH:-}" ] && [ -f "$PAIR_SRC" ]; then
+  if [ ! -x "$BIN_PAIR" ] || [ "$PAIR_SRC" -nt "$BIN_PAIR" ]; then
+    gcc -O3 -march=native -o "$BIN_PAIR" "$PAIR_SRC" || BIN_PAIR=""
+  fi
+else
+  BIN_PAIR=""
 fi
 [ "$BUILD_ONLY" = 1 ] && { echo "# built $BIN_OMPI $BIN_MPICH"; exit 0; }
 
@@ -298,6 +315,7 @@ machine_facts() {
   echo "# OMPI:  ${OMPI_LAUNCH[*]} $BIN_OMPI ${COMMON_ARGS[*]} -m S:S -i I -x X"
   echo "# MPICH: ${MPICH_LAUNCH[*]} $BIN_MPICH ${COMMON_ARGS[*]} -m S:S -i I -x X"
   [ -n "${EXTRA_CMD:-}" ] && echo "# $EXTRA_NAME: $EXTRA_CMD$([ "$EXTRA_ARGS" = 1 ] && echo " -m S:S -i I -x X $EXTRA_FLAGS")"
+  [ -n "$BIN_PAIR" ] && echo "# bare:  $BIN_PAIR -m S:S -i I -x X (bench/ref/pair_floor.c)"
   return 0
 }
 
@@ -317,7 +335,7 @@ pick_median() {
 }
 
 main_table() {
-  local size i x r a_o a_m a_e extra_once="" idle_b idle_a worst
+  local size i x r a_o a_m a_e a_b extra_once="" idle_b idle_a worst
   if [ -n "${EXTRA_CMD:-}" ] && [ "$EXTRA_ARGS" != 1 ]; then
     extra_once="$OUT/extra-all.txt"
     echo "### $EXTRA_NAME (once): $EXTRA_CMD" >> "$RAW"
@@ -331,13 +349,14 @@ main_table() {
   local hdr
   hdr=$(printf "%-11s %14s %14s" "Size(B)" "OMPI avg(us)" "MPICH avg(us)")
   [ -n "${EXTRA_CMD:-}" ] && hdr+=$(printf " %14s" "$EXTRA_NAME avg(us)")
+  [ -n "$BIN_PAIR" ] && hdr+=$(printf " %14s" "bare avg(us)")
   hdr+=$(printf " %13s %13s" "OMPI busbw" "MPICH busbw")
   [ -n "${EXTRA_CMD:-}" ] && hdr+=$(printf " %13s" "$EXTRA_NAME busbw")
   hdr+=$(printf " %6s %7s" "idle%" "other%")
   echo "$hdr"
   for size in "${SIZES[@]}"; do
     read -r i x < <(iters_for "$size")
-    local vo=() vm=() ve=() other=0
+    local vo=() vm=() ve=() vb=() other=0
     worst=100
     for r in $(seq 1 "$REPEAT"); do
       idle_b=$(gate_quiet)
@@ -360,12 +379,17 @@ main_table() {
           ve+=("$(parse_avg "$OUT/extra-$size-r$r.txt" "$size")"); [ "$OTHER_PCT" -gt "$other" ] && other=$OTHER_PCT
         fi
       fi
+      if [ -n "$BIN_PAIR" ]; then
+        run_one bare "$size" "$i" "$x" "$OUT/bare-$size-r$r.txt" "$BIN_PAIR"
+        vb+=("$(parse_avg "$OUT/bare-$size-r$r.txt" "$size")"); [ "$OTHER_PCT" -gt "$other" ] && other=$OTHER_PCT
+      fi
       idle_a=$(idle_pct 1)
       [ "$idle_b" -lt "$worst" ] && worst=$idle_b
       [ "$idle_a" -lt "$worst" ] && worst=$idle_a
-      echo "# size=$size rep=$r OMPI=${vo[*]: -1} MPICH=${vm[*]: -1} EXTRA=${ve[*]: -1} idle_before=$idle_b idle_after=$idle_a max_other=$other" >> "$RAW"
+      echo "# size=$size rep=$r OMPI=${vo[*]: -1} MPICH=${vm[*]: -1} EXTRA=${ve[*]: -1} bare=${vb[*]: -1} idle_before=$idle_b idle_after=$idle_a max_other=$other" >> "$RAW"
     done
-    a_o="-"; a_m="-"; a_e="-"
+    a_o="-"; a_m="-"; a_e="-"; a_b="-"
+    [ ${#vb[@]} -gt 0 ] && a_b=$(pick_median "${vb[@]}")
     [ ${#vo[@]} -gt 0 ] && a_o=$(pick_median "${vo[@]}")
     [ ${#vm[@]} -gt 0 ] && a_m=$(pick_median "${vm[@]}")
     [ ${#ve[@]} -gt 0 ] && a_e=$(pick_median "${ve[@]}")
@@ -373,9 +397,11 @@ main_table() {
     case " ${vo[*]:-} " in *" FAIL "*) a_o=FAIL ;; esac
     case " ${vm[*]:-} " in *" FAIL "*) a_m=FAIL ;; esac
     case " ${ve[*]:-} " in *" FAIL "*) a_e=FAIL ;; esac
+    case " ${vb[*]:-} " in *" FAIL "*) a_b=FAIL ;; esac
     local line
     line=$(printf "%-11s %14s %14s" "$size" "$a_o" "$a_m")
     [ -n "${EXTRA_CMD:-}" ] && line+=$(printf " %14s" "$a_e")
+    [ -n "$BIN_PAIR" ] && line+=$(printf " %14s" "$a_b")
     line+=$(printf " %13s %13s" "$(busbw "$size" "$a_o" "$NP")" "$(busbw "$size" "$a_m" "$NP")")
     [ -n "${EXTRA_CMD:-}" ] && line+=$(printf " %13s" "$(busbw "$size" "$a_e" "$NP")")
     line+=$(printf " %5s%s %6s%s" "$worst" "$([ "$worst" -lt 90 ] && echo '*' || echo ' ')" \

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #elif defined(__SSE2__)
 #include <emmintrin.h>
@@ -124,16 +125,47 @@ static inline uint64_t round_line(uint64_t n) { return (n + SHM_LINE - 1) & ~(ui
  * it, so ring lines and the user buffer share 64-byte offsets (aligned reduce). */
 static inline uint64_t ring_bytes(size_t len) { return len > SHM_INLINE ? round_line(len) : 0; }
 
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+/* Enhanced REP MOVSB (CPUID.7.0:EBX bit 9). */
+static int cpu_has_erms(void)
+{
+    static int has = -1;
+    if (has < 0) {
+        unsigned eax, ebx = 0, ecx, edx;
+        has = __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (ebx & (1u << 9));
+    }
+    return has;
+}
+#endif
+
+/* Eager payloads of 1 KiB and more go into the ring with `rep movsb`: with ERMS
+ * the string copy claims whole lines, where vector stores first fetch each line
+ * back from the peer core that read it last (glibc's memcpy switches only from
+ * 2112 bytes here). 2026-12-08, 2 ranks, 3 interleaved launches: 1 KiB 0.64-0.68
+ * -> 0.50-0.53 us, 2 KiB 1.01-1.07 -> 0.68-0.72; 512 B unchanged. ASan builds keep
+ * memcpy, whose bounds it checks. */
+#define RING_MOVSB_MIN 1024
+static void ring_copy(unsigned char *dst, const unsigned char *src, size_t n)
+{
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+    if (n >= RING_MOVSB_MIN && cpu_has_erms()) {
+        __asm__ __volatile__("rep movsb" : "+D"(dst), "+S"(src), "+c"(n) : : "memory");
+        return;
+    }
+#endif
+    memcpy(dst, src, n);
+}
+
 /* Copy n bytes into the eager data ring at byte position pos (may wrap). */
 static void ring_write(const struct shm_chan *c, uint64_t pos, const unsigned char *src, size_t n)
 {
     uint64_t at = pos & (c->data_bytes - 1);
     size_t first = c->data_bytes - at;
     if (n <= first) {
-        memcpy(c->data + at, src, n);
+        ring_copy(c->data + at, src, n);
     } else {
-        memcpy(c->data + at, src, first);
-        memcpy(c->data, src + first, n - first);
+        ring_copy(c->data + at, src, first);
+        ring_copy(c->data, src + first, n - first);
     }
 }
 

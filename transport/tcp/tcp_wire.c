@@ -110,7 +110,8 @@ void crux_tcp_bye_encode(uint8_t out[CRUX_TCP_HDR_BYTES])
 int crux_tcp_is_bye(const uint8_t *buf)
 {
     struct crux_msg_hdr h;
-    crux_tcp_hdr_decode(buf, CRUX_TCP_HDR_BYTES, &h);
+    if (crux_tcp_hdr_decode(buf, CRUX_TCP_HDR_BYTES, &h) != 0)
+        return 0;
     return h.ctx_id == CRUX_TCP_BYE_CTX && h.seq == CRUX_TCP_BYE_SEQ && h.tag == 0 && h.sig == 0 &&
            h.len == 0;
 }

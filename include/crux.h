@@ -42,6 +42,15 @@
 extern "C" {
 #endif
 
+/* libcrux.so exports only what this header declares: the library is built with
+ * hidden visibility, so its internals neither collide with the application's
+ * symbols nor go through the PLT inside the library. */
+#if defined(__GNUC__)
+#define CRUX_API __attribute__((visibility("default")))
+#else
+#define CRUX_API
+#endif
+
 enum {
     CRUX_SUCCESS = 0,
     CRUX_ERR_ARG,
@@ -58,20 +67,21 @@ enum {
 
 typedef struct crux_comm *crux_comm_t;
 
-int crux_init(int *argc, char ***argv); /* argc/argv may be NULL */
-int crux_finalize(void);
-int crux_initialized(int *flag);
-int crux_abort(crux_comm_t comm, int errorcode); /* ends every rank of comm, non-zero exit */
-double crux_wtime(void);
-const char *crux_error_string(int err);
+CRUX_API int crux_init(int *argc, char ***argv); /* argc/argv may be NULL */
+CRUX_API int crux_finalize(void);
+CRUX_API int crux_initialized(int *flag);
+/* Ends every rank of comm with a non-zero exit. */
+CRUX_API int crux_abort(crux_comm_t comm, int errorcode);
+CRUX_API double crux_wtime(void);
+CRUX_API const char *crux_error_string(int err);
 
-crux_comm_t crux_comm_world(void);
+CRUX_API crux_comm_t crux_comm_world(void);
 #define CRUX_COMM_WORLD (crux_comm_world())
-int crux_comm_rank(crux_comm_t, int *rank);
-int crux_comm_size(crux_comm_t, int *size);
-int crux_comm_split(crux_comm_t, int color, int key, crux_comm_t *newcomm);
-int crux_comm_split_type_node(crux_comm_t, crux_comm_t *nodecomm); /* ranks on my host */
-int crux_comm_free(crux_comm_t *);
+CRUX_API int crux_comm_rank(crux_comm_t, int *rank);
+CRUX_API int crux_comm_size(crux_comm_t, int *size);
+CRUX_API int crux_comm_split(crux_comm_t, int color, int key, crux_comm_t *newcomm);
+CRUX_API int crux_comm_split_type_node(crux_comm_t, crux_comm_t *nodecomm); /* ranks on my host */
+CRUX_API int crux_comm_free(crux_comm_t *);
 
 /* color for crux_comm_split: this rank gets no communicator (*newcomm = NULL) */
 #define CRUX_UNDEFINED (-32766)
@@ -88,21 +98,21 @@ typedef enum {
 typedef enum { CRUX_SUM, CRUX_PROD, CRUX_MAX, CRUX_MIN } crux_op_t;
 #define CRUX_IN_PLACE ((void *)1)
 
-int crux_allreduce(const void *sendbuf, void *recvbuf, size_t count, crux_datatype_t, crux_op_t,
-                   crux_comm_t);
-int crux_reduce_scatter_block(const void *sendbuf, void *recvbuf, size_t recvcount,
-                              crux_datatype_t, crux_op_t, crux_comm_t);
-int crux_allgather(const void *sendbuf, size_t count, void *recvbuf, crux_datatype_t,
-                   crux_comm_t);
-int crux_bcast(void *buf, size_t count, crux_datatype_t, int root, crux_comm_t);
-int crux_barrier(crux_comm_t);
+CRUX_API int crux_allreduce(const void *sendbuf, void *recvbuf, size_t count, crux_datatype_t,
+                            crux_op_t, crux_comm_t);
+CRUX_API int crux_reduce_scatter_block(const void *sendbuf, void *recvbuf, size_t recvcount,
+                                       crux_datatype_t, crux_op_t, crux_comm_t);
+CRUX_API int crux_allgather(const void *sendbuf, size_t count, void *recvbuf, crux_datatype_t,
+                            crux_comm_t);
+CRUX_API int crux_bcast(void *buf, size_t count, crux_datatype_t, int root, crux_comm_t);
+CRUX_API int crux_barrier(crux_comm_t);
 
 typedef struct crux_request *crux_request_t;
 #define CRUX_REQUEST_NULL ((crux_request_t)0)
-int crux_iallreduce(const void *sendbuf, void *recvbuf, size_t count, crux_datatype_t, crux_op_t,
-                    crux_comm_t, crux_request_t *req);
-int crux_wait(crux_request_t *req);           /* sets *req = CRUX_REQUEST_NULL */
-int crux_test(crux_request_t *req, int *done); /* on done, *req = CRUX_REQUEST_NULL */
+CRUX_API int crux_iallreduce(const void *sendbuf, void *recvbuf, size_t count, crux_datatype_t,
+                             crux_op_t, crux_comm_t, crux_request_t *req);
+CRUX_API int crux_wait(crux_request_t *req);           /* sets *req = CRUX_REQUEST_NULL */
+CRUX_API int crux_test(crux_request_t *req, int *done); /* on done, *req = CRUX_REQUEST_NULL */
 
 /* ------------------------------------------------------------------------------
  * Compressed allreduce of gradients (float32).
@@ -178,18 +188,18 @@ typedef enum { CRUX_QSGD_ALLGATHER = 0, CRUX_QSGD_RING = 1 } crux_qsgd_reduce_t;
  * beta < 1 for ScaleCom's filter), MOMENTUM with beta 0.9 for TOPK (DGC), NONE for
  * QSGD (7 levels: 4-bit codes), RESIDUAL otherwise; sketch 5 rows x derived
  * columns; seed 0x5eed. */
-void crux_compress_config_init(crux_compress_config_t *cfg, crux_codec_t codec);
+CRUX_API void crux_compress_config_init(crux_compress_config_t *cfg, crux_codec_t codec);
 
 typedef struct crux_compressor *crux_compressor_t;
 /* Collective over comm. CRUX_ERR_ARG names a bad config field (or a memory the
  * codec does not take); ranks with different count or config get
  * CRUX_ERR_MISMATCH (all of them). count 0 is an error (nothing to compress). */
-int crux_compressor_create(crux_comm_t comm, size_t count, const crux_compress_config_t *cfg,
-                           crux_compressor_t *out);
+CRUX_API int crux_compressor_create(crux_comm_t comm, size_t count,
+                                    const crux_compress_config_t *cfg, crux_compressor_t *out);
 /* out = estimate of the SUM over ranks of grad (+ this rank's memory); identical on
  * all ranks. grad and out hold count floats; out may equal grad, and must not otherwise
  * overlap it (CRUX_ERR_ARG). */
-int crux_compressed_allreduce(crux_compressor_t c, const float *grad, float *out);
+CRUX_API int crux_compressed_allreduce(crux_compressor_t c, const float *grad, float *out);
 /* Opt-in adding form, for callers that consume the estimate by adding it somewhere
  * (an update or gradient-sum buffer they clear themselves): out[i] += estimate[i] at
  * the entries the estimate keeps (one float addition each, out + sum), and every
@@ -199,7 +209,7 @@ int crux_compressed_allreduce(crux_compressor_t c, const float *grad, float *out
  * CLTK, GTOPK and SKETCH (TOPK and QSGD sum the ranks' blocks in out itself:
  * CRUX_ERR_ARG); out must not overlap grad (CRUX_ERR_ARG). Both checks come before
  * anything is sent. Calls of both forms may alternate on one compressor. */
-int crux_compressed_allreduce_add(crux_compressor_t c, const float *grad, float *out);
+CRUX_API int crux_compressed_allreduce_add(crux_compressor_t c, const float *grad, float *out);
 
 /* Bytes: wire_bytes counts the payload of every message this rank sent during the
  * call (transport headers excluded), whatever it carries: indices, values, sketches,
@@ -220,20 +230,20 @@ typedef struct {
                              rounded down; 0 on one rank */
 } crux_compress_stats_t;
 /* Statistics of the last crux_compressed_allreduce on c (zeros before the first). */
-int crux_compressor_stats(crux_compressor_t c, crux_compress_stats_t *last_call);
+CRUX_API int crux_compressor_stats(crux_compressor_t c, crux_compress_stats_t *last_call);
 /* Local: frees everything and sets *c = NULL (NULL is fine). */
-int crux_compressor_free(crux_compressor_t *c);
+CRUX_API int crux_compressor_free(crux_compressor_t *c);
 /* DGC's density warm-up: lower the kept fraction for the following calls (e.g. 0.25,
  * 0.0625, 0.0156, 0.0039, then 0.001 over the first epochs, Lin et al. Sec. 3.4). It
  * may not exceed the density given at create (buffers are sized for it); every rank
  * must make the same call. Works for every top-k codec. */
-int crux_compressor_set_density(crux_compressor_t c, double density);
+CRUX_API int crux_compressor_set_density(crux_compressor_t c, double density);
 /* DGC's local gradient clipping: each rank scales grad so ||grad||_2 <= max_norm /
  * sqrt(P) before accumulating (0 = off, the default). Codec topk only. */
-int crux_compressor_set_clip(crux_compressor_t c, double max_norm);
+CRUX_API int crux_compressor_set_clip(crux_compressor_t c, double max_norm);
 
 /* Size in bytes of one element of a datatype (0 for an invalid one). */
-size_t crux_datatype_size(crux_datatype_t dtype);
+CRUX_API size_t crux_datatype_size(crux_datatype_t dtype);
 
 #ifdef __cplusplus
 }

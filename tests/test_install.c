@@ -1,6 +1,7 @@
 /* test_install.c - install crux into a fresh prefix and build the example the two
  * ways a user would: pkg-config and find_package(crux); then run it on 3 ranks.
- * Also: bin/ holds exactly the tools and benchmarks, and they run from the prefix. */
+ * Also: bin/ holds exactly the tools and benchmarks, and they run from the prefix, and
+ * libcrux.so exports the API and nothing else. */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <stdio.h>
@@ -73,6 +74,26 @@ Test(install, find_package, .timeout = 300)
     sh(cmd, 240);
     snprintf(exe, sizeof(exe), "%s/ex-build/hello_allreduce", prefix);
     run_hello(exe);
+}
+
+/* The shared library exports exactly the functions crux.h declares CRUX_API, plus,
+ * with the verbs transport, the libc memory functions its registration cache
+ * interposes (transport/verbs/verbs_memhook.c): no internal symbol can collide
+ * with an application's or be interposed. */
+Test(install, exports_only_the_api, .timeout = 300)
+{
+    install_once("exports");
+    const char *hooks = CRUX_TEST_HAVE_VERBS ? "free madvise mmap mmap64 mremap munmap realloc "
+                                               "reallocarray"
+                                             : "";
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd),
+             "cd '%s' && nm -D --defined-only lib/libcrux.so | awk '{print $3}' | sort > exports.got && "
+             "{ sed -n 's/^CRUX_API [^(]*[ *]\\(crux_[a-z0-9_]*\\)(.*/\\1/p' include/crux.h && "
+             "for h in %s; do echo $h; done; } | sort > exports.want && "
+             "test $(grep -c '^crux_' exports.want) -ge 25 && diff exports.want exports.got",
+             prefix, hooks);
+    sh(cmd, 60);
 }
 
 static int by_name(const void *a, const void *b)

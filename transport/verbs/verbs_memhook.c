@@ -253,18 +253,22 @@ MH_NOSAN static void *mh_reallocarray(void *p, size_t n, size_t size)
 }
 
 /* The public names are aliases, so mh_hooks_active can tell our definition from
- * whatever the lookup order resolves the name to. */
-int munmap(void *addr, size_t len) __attribute__((alias("mh_munmap")));
-void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
+ * whatever the lookup order resolves the name to. They are the only non-API symbols
+ * libcrux.so exports (the library is built with hidden visibility): interposing is
+ * their whole point. */
+#define MH_EXPORT __attribute__((visibility("default")))
+MH_EXPORT int munmap(void *addr, size_t len) __attribute__((alias("mh_munmap")));
+MH_EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
     __attribute__((alias("mh_mremap")));
-void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+MH_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
     __attribute__((alias("mh_mmap")));
-void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+MH_EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
     __attribute__((alias("mh_mmap")));
-int madvise(void *addr, size_t len, int advice) __attribute__((alias("mh_madvise")));
-void free(void *p) __attribute__((alias("mh_free")));
-void *realloc(void *p, size_t n) __attribute__((alias("mh_realloc")));
-void *reallocarray(void *p, size_t n, size_t size) __attribute__((alias("mh_reallocarray")));
+MH_EXPORT int madvise(void *addr, size_t len, int advice) __attribute__((alias("mh_madvise")));
+MH_EXPORT void free(void *p) __attribute__((alias("mh_free")));
+MH_EXPORT void *realloc(void *p, size_t n) __attribute__((alias("mh_realloc")));
+MH_EXPORT void *reallocarray(void *p, size_t n, size_t size)
+    __attribute__((alias("mh_reallocarray")));
 
 int mh_hooks_active(void)
 {

@@ -22,13 +22,6 @@
 
 #include "floor_util.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define relax() _mm_pause()
-#else
-#define relax() ((void)0)
-#endif
-
 #define BATCHES 20
 
 struct line {
@@ -40,7 +33,7 @@ static void rounds(struct line *l, int me, long from, long n)
     for (long i = from; i < from + n; i++) {
         atomic_store_explicit(&l[me].v, i, memory_order_release);
         while (atomic_load_explicit(&l[1 - me].v, memory_order_acquire) < i)
-            relax();
+            floor_relax();
     }
 }
 

@@ -1,13 +1,21 @@
 /*
- * floor_util.h - what the two floor programs (c2c_floor.c, stage_floor.c) share:
- * a monotonic clock, the CPUs this process may use, pinning, and a double
- * comparator for qsort. Header-only so each stays one `gcc -O2 x.c` away.
+ * floor_util.h - what the floor programs (c2c_floor.c, stage_floor.c, pair_floor.c)
+ * share: a monotonic clock, the CPUs this process may use, pinning, a spin-wait
+ * hint, and a double comparator for qsort. Header-only so each stays one
+ * `gcc -O2 x.c` away.
  */
 #ifndef CRUX_BENCH_FLOOR_UTIL_H
 #define CRUX_BENCH_FLOOR_UTIL_H
 
 #include <sched.h>
 #include <time.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define floor_relax() _mm_pause() /* spin-wait hint */
+#else
+#define floor_relax() ((void)0)
+#endif
 
 static inline double floor_now(void)
 {

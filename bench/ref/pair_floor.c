@@ -32,13 +32,6 @@
 
 #include "floor_util.h"
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define relax() _mm_pause()
-#else
-#define relax() ((void)0)
-#endif
-
 #define SMALL_MAX (64u << 10) /* strategy A up to here */
 #define INLINE_MAX 56u        /* bytes carried in the flag line itself */
 #define SLOT (256u << 10)     /* strategy B slot */
@@ -84,7 +77,7 @@ static void barrier(struct pair *p)
     unsigned long want = ++p->bars;
     atomic_store_explicit(&p->sh->bar[p->me].n, want, memory_order_release);
     while (atomic_load_explicit(&p->sh->bar[1 - p->me].n, memory_order_acquire) < want)
-        relax();
+        floor_relax();
 }
 
 static void allreduce_small(struct pair *p, const float *x, float *y, size_t bytes)
@@ -96,7 +89,7 @@ static void allreduce_small(struct pair *p, const float *x, float *y, size_t byt
     memcpy(bytes <= INLINE_MAX ? mine->data : p->small[p->me][par], x, bytes);
     atomic_store_explicit(&mine->seq, k, memory_order_release);
     while (atomic_load_explicit(&peer->seq, memory_order_acquire) != k)
-        relax();
+        floor_relax();
     add_floats(y, x, (const float *)src, bytes / sizeof(float));
 }
 

@@ -33,13 +33,6 @@
 
 #include "floor_util.h"
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define relax() _mm_pause()
-#else
-#define relax() ((void)0)
-#endif
-
 #define SLOT (256u << 10)
 #define DEPTH 8u
 #define MAXREPS 64
@@ -89,7 +82,7 @@ static void barrier(struct shared *sh, long *gen)
     long want = 2 * ++*gen;
     atomic_fetch_add(&sh->c[0].arrived, 1);
     while (atomic_load(&sh->c[0].arrived) < want)
-        relax();
+        floor_relax();
 }
 
 static void staged(struct shared *sh, char *ring[2], int me, const char *src, char *dst,

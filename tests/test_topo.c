@@ -173,6 +173,14 @@ Test(topo, auto_selection)
     unsetenv("CRUX_ALGO");
 }
 
+/* The algorithm selection picks for an allreduce of `bytes` on op's communicator. */
+static int algo_for(struct crux_coll *op, size_t bytes)
+{
+    op->count = bytes / op->esize;
+    crux_allreduce_select(op);
+    return op->algo;
+}
+
 /* One host on shm: the node path for two ranks at every size, for more ranks
  * while (P-1) x bytes fits the 16 KiB mailbox; forced shm and oversubscribed
  * hosts drop the factor. */
@@ -208,20 +216,14 @@ Test(topo, shm_node_selection)
      * all-to-all round, fewer hand-offs of the cores than recursive doubling). */
     struct crux_comm comm4 = { .ctx = &ctx, .size = 4, .topo = &t, .shm_node = 1, .shm_node_max = mb };
     struct crux_coll op4 = { .comm = &comm4, .count = 1, .esize = 4, .exclusive = 1 };
-    crux_allreduce_select(&op4);
-    cr_assert_eq(op4.algo, CRUX_ALGO_SHM, "a core per rank: (P-1) x 4 B fits");
-    op4.count = 5464 / 4;
-    crux_allreduce_select(&op4);
-    cr_assert_eq(op4.algo, CRUX_ALGO_RECDBL, "a core per rank: (P-1) x 5464 B does not fit");
+    cr_assert_eq(algo_for(&op4, 4), CRUX_ALGO_SHM, "a core per rank: (P-1) x 4 B fits");
+    cr_assert_eq(algo_for(&op4, 5464), CRUX_ALGO_RECDBL,
+                 "a core per rank: (P-1) x 5464 B does not fit");
     ctx.yield_us = 1000;
-    crux_allreduce_select(&op4);
-    cr_assert_eq(op4.algo, CRUX_ALGO_SHM, "oversubscribed: 5464 B fits the mailbox");
-    op4.count = 16384 / 4;
-    crux_allreduce_select(&op4);
-    cr_assert_eq(op4.algo, CRUX_ALGO_SHM, "oversubscribed: 16 KiB fits the mailbox");
-    op4.count = 16388 / 4;
-    crux_allreduce_select(&op4);
-    cr_assert_eq(op4.algo, CRUX_ALGO_RECDBL, "oversubscribed: past the mailbox");
+    cr_assert_eq(algo_for(&op4, 5464), CRUX_ALGO_SHM, "oversubscribed: 5464 B fits the mailbox");
+    cr_assert_eq(algo_for(&op4, 16384), CRUX_ALGO_SHM,
+                 "oversubscribed: 16 KiB fits the mailbox");
+    cr_assert_eq(algo_for(&op4, 16388), CRUX_ALGO_RECDBL, "oversubscribed: past the mailbox");
     op4.count = 1;
     comm.shm_node = 1;
     op.exclusive = 1;
